@@ -1,0 +1,104 @@
+"""One object that describes a run; the command line and the Python API both build it.
+
+Every field carries its own help text in ``metadata["help"]``, so the command
+line options are generated from this file and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftlab.errors import PeftlabError
+
+DEFAULT_METHODS = ("full", "head", "lora")
+
+
+def _opt(default, help: str, group: str, **extra):
+    """Declare a run setting with its help text and the option group it is listed under."""
+    metadata = {"help": help, "group": group, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class RunConfig:
+    """Settings of one train or compare run."""
+
+    # -- model and data ---------------------------------------------------------
+    model: str = _opt("minilm", "Model: a built-in alias (minilm), a local model folder or a Hugging Face hub id.", "model and data")
+    data: str | None = _opt(None, "Data: a folder of split files, a single .csv/.tsv/.json/.jsonl/.parquet file, or a hub data set name (name or name:config). Default: the built-in demo data.", "model and data")
+    text_column: str | None = _opt(None, "Column that holds the input text. Default: found by common names (text, sentence, ...).", "model and data")
+    label_column: str | None = _opt(None, "Column that holds the label. Default: found by common names (label, labels, class, ...).", "model and data")
+    label_names: list[str] | None = _opt(None, "Names of integer labels 0, 1, ..., comma-separated (for example negative,positive).", "model and data")
+    validation_fraction: float = _opt(0.1, "Share of train carved out as validation when the data has no validation split.", "model and data")
+    max_length: int = _opt(128, "Maximum tokens per input; longer texts are truncated.", "model and data")
+
+    # -- method -----------------------------------------------------------------
+    methods: list[str] = _opt(list(DEFAULT_METHODS), "Methods to run, comma-separated (see `peftlab methods`).", "method")
+    lora_r: int = _opt(8, "LoRA rank r: the inner dimension of the low-rank update.", "method")
+    lora_alpha: float = _opt(16.0, "LoRA scaling alpha; the update is scaled by alpha / r.", "method")
+    lora_dropout: float = _opt(0.0, "Dropout on the LoRA input. 0 keeps a step cheap; 0.05-0.1 may help on small data.", "method")
+    target_modules: list[str] | None = _opt(None, "Module names a method adapts, comma-separated. Default: per architecture (see `peftlab methods`).", "method")
+    method_args: dict[str, Any] = _opt({}, "Further method options as key=value; repeat the flag for several.", "method")
+
+    # -- training ---------------------------------------------------------------
+    epochs: float = _opt(3.0, "Training epochs (ignored when --max-steps is given).", "training")
+    max_steps: int | None = _opt(None, "Training steps; overrides --epochs.", "training")
+    lr: float | None = _opt(None, "Learning rate. Default: the method's own (see `peftlab methods`).", "training")
+    batch_size: int = _opt(32, "Training batch size per device.", "training")
+    eval_batch_size: int | None = _opt(None, "Evaluation batch size. Default: twice the training batch size.", "training")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.", "training")
+    warmup_ratio: float = _opt(0.06, "Share of training steps with linear learning-rate warm-up.", "training")
+    seed: int = _opt(42, "Random seed for the head, the data order and the validation split.", "training")
+
+    # -- output -----------------------------------------------------------------
+    out: str | None = _opt(None, "Output folder. Default: a new timestamped folder under runs/.", "output")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject values no run can use, naming the field and the value received."""
+        if not self.methods:
+            raise PeftlabError("no method given: pass at least one, for example --methods lora")
+        _positive_int("max_length", self.max_length)
+        _positive_int("batch_size", self.batch_size)
+        if self.eval_batch_size is not None:
+            _positive_int("eval_batch_size", self.eval_batch_size)
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        elif not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise PeftlabError(f"--epochs must be a positive number, got {self.epochs}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise PeftlabError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 < self.validation_fraction < 1:
+            raise PeftlabError(f"--validation-fraction must be between 0 and 1 (exclusive), got {self.validation_fraction}")
+        if self.lora_r < 1:
+            raise PeftlabError(f"--lora-r must be an integer of at least 1, got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise PeftlabError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PeftlabError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise PeftlabError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+
+    @property
+    def resolved_eval_batch_size(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise PeftlabError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def config_fields():
+    """Return the dataclass fields of RunConfig in declaration order."""
+    return dataclasses.fields(RunConfig)

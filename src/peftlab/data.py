@@ -1,0 +1,299 @@
+"""Data loading through `datasets`: split files, single files and hub data sets, with column and label detection."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from datasets import ClassLabel, DatasetDict
+
+from peftlab.errors import PeftlabError, one_of
+
+log = logging.getLogger(__name__)
+
+DEMO_DATA = Path(__file__).parent / "demo_data"
+DEMO_NAME = "demo"
+
+EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_FILE_NAMES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
+TEXT_COLUMNS = ("text", "sentence", "sentence1", "content", "review", "document", "question", "query", "utterance", "input", "tweet")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "intent", "coarse_label", "y")
+
+
+@dataclass
+class TextClassificationData:
+    """Text and integer labels in train, validation and test splits, with what was done to get them."""
+
+    splits: DatasetDict  # columns "text" (str) and "label" (int) in every split
+    label_names: list[str]
+    source: str
+    text_column: str
+    label_column: str
+    eval_split: str  # "test", or "validation" when the data has no test split
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(split) for name, split in self.splits.items()}
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "label_names": self.label_names,
+            "splits": self.sizes,
+            "eval_split": self.eval_split,
+            "notes": self.notes,
+        }
+
+
+def load_text_classification(
+    data: str | None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_names: list[str] | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 42,
+) -> TextClassificationData:
+    """Load a labelled text data set and bring it to train, validation and test splits.
+
+    ``data`` is a folder of split files, one file, a hub name (``name`` or
+    ``name:config``), or None for the built-in demo data.
+    """
+    with quiet_datasets():
+        return _load_text_classification(data, text_column, label_column, label_names, validation_fraction, seed)
+
+
+def _load_text_classification(data, text_column, label_column, label_names, validation_fraction, seed) -> TextClassificationData:
+    source = DEMO_NAME if data is None else data
+    raw = _load_raw(data)
+    notes: list[str] = []
+    for name in list(raw):
+        if name not in SPLIT_FILE_NAMES:
+            raise PeftlabError(f"data {source!r} has a split named {name!r}; valid split names are {one_of(SPLIT_FILE_NAMES)}")
+    if "train" not in raw:
+        raise PeftlabError(f"data {source!r} has no train split (found {one_of(raw) or 'none'}); name a file train.csv, train.jsonl, ...")
+
+    columns = raw["train"].column_names
+    text_column = _pick_column("text", text_column, TEXT_COLUMNS, columns, source)
+    label_column = _pick_column("label", label_column, LABEL_COLUMNS, columns, source)
+    for name, split in raw.items():
+        missing = [c for c in (text_column, label_column) if c not in split.column_names]
+        if missing:
+            raise PeftlabError(f"the {name} split of {source!r} has no column {missing[0]!r}; its columns are {one_of(split.column_names)}")
+        if len(split) == 0:
+            raise PeftlabError(f"the {name} split of {source!r} is empty; give it at least one row")
+    raw = DatasetDict({name: split.select_columns([text_column, label_column]) for name, split in raw.items()})
+    raw = _drop_blank_rows(raw, text_column, label_column, source, notes)
+
+    names, raw = _encode_labels(raw, label_column, label_names, source)
+    splits = DatasetDict(
+        {
+            name: split.rename_columns({text_column: "text", label_column: "label"}) if text_column != "text" or label_column != "label" else split
+            for name, split in raw.items()
+        }
+    )
+    splits = DatasetDict({name: split.cast_column("label", ClassLabel(names=names)) for name, split in splits.items()})
+
+    if len(set(splits["train"]["label"])) < 2:
+        only = names[splits["train"][0]["label"]]
+        raise PeftlabError(f"the train split of {source!r} has only one class ({only!r}); a classifier needs at least two")
+
+    seen = set(splits["train"]["label"])
+    for name in ("validation", "test"):
+        if name in splits:
+            unseen = sorted(set(splits[name]["label"]) - seen)
+            if unseen:
+                raise PeftlabError(
+                    f"the {name} split of {source!r} has labels never seen in train: {one_of(names[i] for i in unseen)}; train has {one_of(names[i] for i in sorted(seen))}"
+                )
+
+    if "validation" not in splits:
+        try:
+            carved = splits["train"].train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column="label")
+        except ValueError:  # too few rows of some class to stratify: fall back to a plain seeded split
+            carved = splits["train"].train_test_split(test_size=validation_fraction, seed=seed)
+        splits["train"], splits["validation"] = carved["train"], carved["test"]
+        notes.append(f"no validation split: carved {len(carved['test'])} rows ({validation_fraction:.0%}) from train with seed {seed}")
+    eval_split = "test"
+    if "test" not in splits:
+        eval_split = "validation"
+        notes.append("no test split: metrics are reported on the validation split")
+
+    ordered = DatasetDict({name: splits[name] for name in ("train", "validation", "test") if name in splits})
+    return TextClassificationData(ordered, names, source, text_column, label_column, eval_split, notes)
+
+
+# ---------------------------------------------------------------------------
+# Reading files and hub data sets
+
+
+def _load_raw(data: str | None) -> DatasetDict:
+    if data is None:
+        return _load_files({"train": [DEMO_DATA / "train.csv"], "test": [DEMO_DATA / "test.csv"]}, DEMO_NAME)
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return _load_files(_split_files(path), data)
+    if path.is_file():
+        if path.suffix.lower() not in EXTENSIONS:
+            raise PeftlabError(f"unsupported data file type {path.suffix!r} for {data!r}; valid types are {one_of(EXTENSIONS)}")
+        return _load_files({"train": [path]}, data)
+    if data.startswith((".", "/", "~")) or path.suffix.lower() in EXTENSIONS or data.count("/") > 1:
+        raise PeftlabError(f"data path not found: {data!r}; pass an existing folder or file, or a hub data set name")
+    return _load_hub(data)
+
+
+def _split_files(folder: Path) -> dict[str, list[Path]]:
+    files: dict[str, list[Path]] = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in EXTENSIONS or not file.is_file():
+            continue
+        stem = file.stem.lower()
+        for split, names in SPLIT_FILE_NAMES.items():
+            if stem in names or any(stem.startswith(n + "-") or stem.startswith(n + "_") for n in names):
+                files.setdefault(split, []).append(file)
+    if not files:
+        found = one_of(p.name for p in folder.iterdir()) or "nothing"
+        raise PeftlabError(
+            f"data folder {str(folder)!r} has no split files; expected train.csv (and optionally validation/dev and test) with one of {one_of(EXTENSIONS)}, found {found}"
+        )
+    return files
+
+
+def _load_files(files: dict[str, list[Path]], source: str) -> DatasetDict:
+    kinds = {EXTENSIONS[p.suffix.lower()] for paths in files.values() for p in paths}
+    if len(kinds) > 1:
+        raise PeftlabError(f"data {source!r} mixes file types ({one_of(kinds)}); use one type for all splits")
+    for paths in files.values():
+        for path in paths:
+            if path.stat().st_size == 0:
+                raise PeftlabError(f"data file {str(path)!r} is empty")
+    kind = kinds.pop()
+    kwargs = {}
+    if kind == "csv" and all(p.suffix.lower() == ".tsv" for paths in files.values() for p in paths):
+        kwargs["delimiter"] = "\t"
+    data_files = {split: [str(p) for p in paths] for split, paths in files.items()}
+    try:
+        return datasets.load_dataset(kind, data_files=data_files, **kwargs)
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
+        cause = error.__cause__ or error
+        if "corresponds to no data" in str(cause):
+            split = str(cause).split('"')[1] if '"' in str(cause) else "a"
+            raise PeftlabError(f"the {split} split of {source!r} is empty: its file has no data rows; give it at least one row") from error
+        raise PeftlabError(f"could not read data {source!r} as {kind}: {str(cause).splitlines()[0]}") from error
+
+
+def _load_hub(name: str) -> DatasetDict:
+    dataset_name, _, config_name = name.partition(":")
+    try:
+        loaded = datasets.load_dataset(dataset_name, config_name or None)
+    except Exception as error:  # datasets raises many types for a missing or unreachable data set
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else str(error).splitlines()[0]
+        raise PeftlabError(f"could not load data set {name!r} from the Hugging Face hub: {reason}; pass a local folder or file instead") from error
+    renamed = {}
+    for split, dataset in loaded.items():
+        canonical = next((key for key, names in SPLIT_FILE_NAMES.items() if split in names), split)
+        renamed[canonical] = dataset
+    return DatasetDict(renamed)
+
+
+class quiet_datasets:
+    """Hide the progress bars datasets draws for reading and mapping: they take a second here and clutter the log."""
+
+    def __enter__(self):
+        self.enabled = datasets.utils.are_progress_bars_disabled() is False
+        datasets.utils.disable_progress_bars()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            datasets.utils.enable_progress_bars()
+
+
+# ---------------------------------------------------------------------------
+# Columns and labels
+
+
+def _pick_column(kind: str, given: str | None, candidates, columns: list[str], source: str) -> str:
+    if given is not None:
+        if given not in columns:
+            raise PeftlabError(f"--{kind}-column {given!r} is not a column of {source!r}; its columns are {one_of(columns)}")
+        return given
+    by_lower = {c.lower(): c for c in columns}
+    for name in candidates:
+        if name in by_lower:
+            return by_lower[name]
+    raise PeftlabError(
+        f"no {kind} column found in {source!r} (columns: {one_of(columns)}); name it with --{kind}-column, or use one of the common names {', '.join(candidates[:4])}"
+    )
+
+
+def _drop_blank_rows(raw: DatasetDict, text_column: str, label_column: str, source: str, notes: list[str]) -> DatasetDict:
+    """Drop rows with a blank text or a missing label, and say how many and which."""
+    cleaned = {}
+    for name, split in raw.items():
+        texts, labels = split[text_column], split[label_column]
+        blank = [i for i, (t, y) in enumerate(zip(texts, labels)) if t is None or not str(t).strip() or y is None or (isinstance(y, str) and not y.strip())]
+        if blank:
+            rows = ", ".join(str(i + 1) for i in blank[:5]) + (" ..." if len(blank) > 5 else "")
+            message = f"{name} split: dropped {len(blank)} of {len(split)} rows with a blank text or missing label (rows {rows})"
+            log.warning(message)
+            notes.append(message)
+            split = split.select(sorted(set(range(len(split))) - set(blank)))
+            if len(split) == 0:
+                raise PeftlabError(f"the {name} split of {source!r} has no row with both a text and a label")
+        cleaned[name] = split
+    return DatasetDict(cleaned)
+
+
+def _encode_labels(raw: DatasetDict, column: str, label_names: list[str] | None, source: str):
+    """Map labels to 0..n-1 and return the label names in that order."""
+    feature = raw["train"].features[column]
+    if isinstance(feature, ClassLabel):
+        names = label_names or feature.names
+        if len(names) != feature.num_classes:
+            raise PeftlabError(f"--label-names gives {len(names)} names but {source!r} has {feature.num_classes} classes ({one_of(feature.names)})")
+        return list(names), raw
+
+    values = [v for split in raw.values() for v in split[column]]
+    if all(isinstance(v, bool) for v in values):
+        raise PeftlabError(f"label column {column!r} of {source!r} holds true/false values; write them as 0/1 or as names")
+    if all(isinstance(v, int) for v in values):
+        low, high = min(values), max(values)
+        if low < 0:
+            raise PeftlabError(f"label column {column!r} of {source!r} has the negative label {low}; integer labels must be 0, 1, ...")
+        if label_names is not None:
+            if high >= len(label_names):
+                raise PeftlabError(f"--label-names gives {len(label_names)} names ({','.join(label_names)}) but {source!r} has the label {high}; give at least {high + 1} names")
+            return list(label_names), raw
+        return [str(i) for i in range(high + 1)], raw
+    if all(isinstance(v, float) and float(v).is_integer() for v in values):
+        raw = DatasetDict({n: s.cast_column(column, datasets.Value("int64")) for n, s in raw.items()})
+        return _encode_labels(raw, column, label_names, source)
+    if all(isinstance(v, str) for v in values):
+        names = sorted({v.strip() for v in raw["train"][column]})
+        if label_names is not None:
+            unknown = sorted(set(names) - set(label_names))
+            if unknown:
+                raise PeftlabError(f"--label-names {','.join(label_names)} does not name the labels {one_of(unknown)} found in {source!r}")
+            names = list(label_names)
+        encoded = {}
+        for name, split in raw.items():
+            labels = [v.strip() for v in split[column]]
+            unseen = sorted(set(labels) - set(names))
+            if unseen:
+                raise PeftlabError(f"the {name} split of {source!r} has labels never seen in train: {one_of(unseen)}; train has {one_of(names)}")
+            index = {label: i for i, label in enumerate(names)}
+            encoded[name] = split.remove_columns(column).add_column(column, [index[v] for v in labels])
+        encoded = DatasetDict(encoded)
+        return names, encoded
+    kinds = sorted({type(v).__name__ for v in values})
+    raise PeftlabError(f"label column {column!r} of {source!r} mixes value types ({', '.join(kinds)}); labels must be all integers or all strings")

@@ -1,0 +1,20 @@
+"""The one exception type that the command line turns into a one-line message."""
+
+
+class PeftlabError(ValueError):
+    """Invalid input or a request peftlab cannot carry out.
+
+    The message is a single line that names what was wrong, the value received
+    and what would be valid. The command line prints it as ``error: ...`` and
+    exits with status 2, without a traceback.
+    """
+
+    exit_code = 2
+
+
+def one_of(values) -> str:
+    """Format a collection of valid values for an error message."""
+    items = sorted(str(v) for v in values)
+    if len(items) > 12:
+        items = items[:12] + [f"... ({len(items) - 12} more)"]
+    return ", ".join(items)

@@ -1,0 +1,188 @@
+"""Training and evaluation with transformers' Trainer, so accelerate and torchrun can scale the same code."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import transformers
+from datasets import Dataset
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+
+from peftlab.config import RunConfig
+from peftlab.data import quiet_datasets
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_splits(splits, tokenizer, max_length: int):
+    """Tokenize every split once, truncating to ``max_length``; return the splits and how many texts were cut."""
+    truncated = {}
+
+    def encode(batch):
+        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        full_lengths = tokenizer(batch["text"], truncation=False, add_special_tokens=True, return_length=True)["length"]
+        encoded["labels"] = batch["label"]
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        encoded["truncated"] = [n > max_length for n in full_lengths]
+        return encoded
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "sequence longer than the maximum" is counted and reported below
+    try:
+        with quiet_datasets():
+            tokenized = splits.map(encode, batched=True, remove_columns=splits["train"].column_names)
+    finally:
+        transformers.logging.set_verbosity(level)
+    for name, split in tokenized.items():
+        truncated[name] = int(sum(split["truncated"]))
+    tokenized = tokenized.remove_columns("truncated")
+    return tokenized, truncated
+
+
+def classification_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy and macro-F1 from logits and labels (scikit-learn)."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    predictions = np.argmax(logits, axis=-1)
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+    }
+
+
+def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.resolved_eval_batch_size,
+        learning_rate=lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="linear",
+        train_sampling_strategy="group_by_length",
+        logging_strategy="steps",
+        logging_steps=0.05,  # about 20 points on the loss curve
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=quiet,
+        dataloader_num_workers=0,
+    )
+
+
+class _ProgressBar(ProgressCallback):
+    """The Trainer's progress bar without the dict it prints at every logging step; the loss goes to results.json."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+def make_trainer(model, tokenizer, args: TrainingArguments, train_dataset: Dataset | None = None) -> Trainer:
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=classification_metrics,
+    )
+    # The Trainer prints every log dict (PrinterCallback, or ProgressCallback with a bar);
+    # the losses go to results.json instead, so keep only the bar.
+    trainer.remove_callback(PrinterCallback)
+    if not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_ProgressBar())
+    return trainer
+
+
+def evaluate(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
+    """Return accuracy, macro-F1 and mean loss of the trainer's model on ``dataset``."""
+    output = trainer.predict(dataset, metric_key_prefix="eval")
+    metrics = output.metrics
+    return {
+        "accuracy": metrics["eval_accuracy"],
+        "f1_macro": metrics["eval_f1_macro"],
+        "loss": metrics["eval_loss"],
+    }
+
+
+# ---------------------------------------------------------------------------
+# Peak memory
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory while a block runs.
+
+    On CUDA: the peak of allocated device memory. On the CPU: the peak resident
+    memory of this process above its level when the block started, sampled
+    every 10 ms, so a short spike between two samples can be missed.
+    """
+
+    interval: float = 0.01
+    peak_mb: float = 0.0
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+
+    def __enter__(self):
+        release_memory()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        self._process = psutil.Process()
+        self._start = self._process.memory_info().rss
+        self._peak = self._start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._process.memory_info().rss)
+        self.peak_mb = (self._peak - self._start) / 2**20
+
+
+def release_memory() -> None:
+    """Return freed memory to the operating system, so the next method's peak is measured from a clean level."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the measurement then includes memory the allocator kept
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
