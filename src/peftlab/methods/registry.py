@@ -17,9 +17,12 @@ class MethodContext:
 
     config: RunConfig
     model_type: str  # config.model_type of the base model, e.g. "bert"
-    task: str  # "seq-cls"
+    task: str  # "seq-cls" (later also "causal-lm", "seq2seq-lm")
     head_modules: list[str]  # modules created fresh for the task; always trained
     options: dict[str, Any] = field(default_factory=dict)  # method options after defaults and --method-arg
+    # False when the model was built from its config on the meta device, for counting only:
+    # a method must then skip initialisations that read the weights (PiSSA's SVD, for example).
+    weights_loaded: bool = True
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ class Method:
     saves_adapter: bool  # True: the artifact is a peft adapter folder; False: a full model folder
     tasks: frozenset[str] = frozenset({"seq-cls"})
     options: tuple[MethodOption, ...] = ()
-    # Returns why the method cannot apply to this model, or None when it can.
-    check: Callable[[nn.Module, MethodContext], str | None] | None = None
+    # Raises PeftlabError, naming the reason and the alternatives, when the method cannot apply to this model.
+    check: Callable[[nn.Module, MethodContext], None] | None = None
 
 
 METHODS: dict[str, Method] = {}
