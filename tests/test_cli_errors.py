@@ -16,7 +16,7 @@ def _cases(tmp_path, shared_data, tiny_bert):
     no_weights.mkdir()
     (no_weights / "config.json").write_text('{"model_type": "bert"}')
     return [
-        ("unknown method", ["compare", "--methods", "lora,magic"], "unknown method 'magic'; valid methods are full, head, lora"),
+        ("unknown method", ["compare", "--methods", "lora,magic"], "unknown method 'magic'; valid methods are adalora, bitfit, boft, dora, fourierft, full, head, ia3, ln-tuning, loha, lokr, lora, oft, olora, p-tuning, pissa, prefix-tuning, prompt-tuning, rslora, top-layers:N, vera, or all"),
         ("unknown model alias", ["compare", "--model", "gpt9"], "unknown model alias 'gpt9': valid aliases are minilm"),
         ("missing model folder", ["compare", "--model", "./no/such/model"], "model folder not found: './no/such/model'"),
         ("model folder without weights", ["compare", "--model", str(no_weights)], "has no weights (model.safetensors)"),
@@ -71,7 +71,7 @@ def test_error_has_no_traceback_in_real_process(tmp_path):
         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2
-    assert result.stderr == "error: unknown method 'nope'; valid methods are full, head, lora\n"
+    assert result.stderr == "error: unknown method 'nope'; valid methods are adalora, bitfit, boft, dora, fourierft, full, head, ia3, ln-tuning, loha, lokr, lora, oft, olora, p-tuning, pissa, prefix-tuning, prompt-tuning, rslora, top-layers:N, vera, or all\n"
     assert not (tmp_path / "run").exists()
 
 

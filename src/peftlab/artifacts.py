@@ -10,36 +10,51 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from peft import PeftModel
 
 from peftlab import __version__
 from peftlab.errors import PeftlabError
+from peftlab.model_card import model_card
 from peftlab.models import ModelSource, load_classifier, load_tokenizer, resolve_model
 
 META_FILE = "peftlab.json"
+CARD_FILE = "README.md"
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def save_artifact(model, tokenizer, folder: Path, meta: dict, adapter: bool) -> int:
-    """Write the artifact to a temporary sibling, then rename it into place; return its size in bytes."""
+def save_artifact(model, tokenizer, folder: Path, meta: dict, adapter: bool, save_weights: Callable[[Path], None] | None = None) -> int:
+    """Write the artifact to a temporary sibling, then rename it into place; return its size in bytes.
+
+    ``save_weights`` replaces ``model.save_pretrained`` for methods whose adapter needs converting
+    to reload onto the original base model (PiSSA, OLoRA).
+    """
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    (save_weights or model.save_pretrained)(tmp)
     if not adapter:
         tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps({"peftlab_version": __version__, **meta}, indent=2) + "\n")
+    # Replaces the empty template README.md that peft's save_pretrained writes into an adapter folder.
+    (tmp / CARD_FILE).write_text(model_card({"peftlab_version": __version__, **meta}, folder, _adapter_config(tmp)))
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder_bytes(folder)
+
+
+def _adapter_config(folder: Path) -> dict | None:
+    path = folder / "adapter_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass
@@ -66,7 +81,14 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
     if meta.get("adapter"):
         source = _base_source(meta)
         loaded = load_classifier(source, meta["label_names"], meta.get("seed", 0))
-        model = PeftModel.from_pretrained(loaded.model, folder)
+        # peft 0.21's AdaLoRA loaded for inference fails on any forward with labels (it looks up
+        # trainable_adapter_name, set only for training), and evaluation passes labels.
+        adalora = (_adapter_config(folder) or {}).get("peft_type") == "ADALORA"
+        with warnings.catch_warnings():
+            # AdaLoRA's rank_pattern names lora_E tensors, which peft's check of LoRA rank patterns
+            # reports as unmatched; AdaLoRA's own loading applies the pattern all the same.
+            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+            model = PeftModel.from_pretrained(loaded.model, folder, is_trainable=adalora)
         tokenizer = load_tokenizer(source)
     else:
         local = ModelSource(name=str(folder), path=str(folder), kind="local")

@@ -20,6 +20,7 @@ import warnings
 
 from peftlab import __version__
 from peftlab.config import RunConfig, config_fields
+from peftlab.config_file import read_config_file
 from peftlab.errors import PeftlabError
 
 log = logging.getLogger("peftlab")
@@ -70,12 +71,77 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: set[str] = frozen
             group.add_argument(flag, type=_TYPES[kind], default=argparse.SUPPRESS, metavar=kind.upper(), help=help_text)
 
 
-def _config_from(args: argparse.Namespace) -> RunConfig:
+def _config_from(args: argparse.Namespace, defaults: dict | None = None) -> RunConfig:
+    """Build the RunConfig from ``defaults``, then the --config file, then the options given on the command line."""
     names = {f.name for f in config_fields()}
-    values = {key: value for key, value in vars(args).items() if key in names}
-    if "method_args" in values:
-        values["method_args"] = dict(values["method_args"])
+    values = dict(defaults or {})
+    file_values = read_config_file(args.config) if getattr(args, "config", None) else {}
+    values.update(file_values)
+    given = {key: value for key, value in vars(args).items() if key in names}
+    if "method_args" in given:
+        given["method_args"] = file_values.get("method_args", {}) | dict(given["method_args"])
+    values.update(given)
     return RunConfig(**values)
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """Build the RunConfig of a compare or train command. train runs --method, else the file's methods, else lora."""
+    if args.command == "train" and "method" in args:
+        args.methods = [args.method]
+    return _config_from(args, defaults={"methods": ["lora"]} if args.command == "train" else None)
+
+
+def _add_config_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="YAML",
+        help="Read run settings from a YAML file whose keys are the option names, with dashes or underscores. Options given here override it.",
+    )
+
+
+def _add_weight_free_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "counting without weights",
+        "A config.json file or a folder without weights is built from its config on the meta device, with no memory for weights.",
+    )
+    group.add_argument("--config-only", action="store_true", help="Build any --model (alias, folder or hub id) from its config alone, without loading weights.")
+    group.add_argument(
+        "--task", choices=("seq-cls", "causal-lm", "seq2seq-lm"),
+        help="Model class to build: seq-cls (with --num-labels), causal-lm or seq2seq-lm. Default: from the config's architectures; seq-cls for loaded models.",
+    )
+
+
+def _add_memory_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "training-memory estimate",
+        "Per method: weights, gradients, AdamW states (two fp32 values per trainable parameter, plus an fp32 master copy in 16-bit training) "
+        "and activations, with a second row for a 4-bit (NF4) base where the base weights are frozen. Activations are what autograd keeps "
+        "for the backward pass, per block from the hidden size, MLP size, heads, batch and sequence length: norm inputs, query, key, value "
+        "and attention output (or the seq-len x seq-len probabilities), the MLP activation, dropout masks, and the inputs of the linear layers "
+        "that train. Frozen blocks above a trainable one keep theirs too; blocks below every trainable parameter keep none. See docs/memory.md.",
+    )
+    group.add_argument("--memory", action="store_true", help="Add the training-memory estimate to the output.")
+    group.add_argument("--dtype", dest="memory_dtype", metavar="DTYPE", help="Training dtype of weights, gradients and activations: fp32, bf16 or fp16 (default: fp32, as peftlab trains).")
+    group.add_argument("--batch-size", dest="memory_batch_size", type=int, metavar="N", help="Sequences per training step (default: 32).")
+    group.add_argument("--seq-len", dest="memory_seq_len", type=int, metavar="N", help="Tokens per sequence (default: 128).")
+    group.add_argument("--device-memory", dest="memory_device_memory", metavar="SIZE", help="Device memory to check the estimate against, such as 24GB or 80GiB (both 2**30 bytes per GB).")
+    group.add_argument(
+        "--attention", dest="memory_attention", choices=("fused", "materialized"),
+        help="fused: flash or memory-efficient attention, which keeps no seq-len x seq-len scores. materialized: eager attention, and PyTorch's SDPA on the CPU with attention dropout, which keep them. Default: from the model's attention implementation.",
+    )
+
+
+def _memory_setup(args: argparse.Namespace):
+    """Return the MemorySetup of --memory, or None without it; a memory option without --memory raises PeftlabError."""
+    from peftlab.estimate import memory_setup
+
+    # The options are stored as memory_<name>, apart from RunConfig's batch_size and the like.
+    names = ("dtype", "batch_size", "seq_len", "device_memory", "attention")
+    given = [name for name in names if getattr(args, f"memory_{name}") is not None]
+    if not args.memory:
+        if given:
+            raise PeftlabError(f"--{given[0].replace('_', '-')} sets the memory estimate: add --memory")
+        return None
+    return memory_setup(**{name: getattr(args, f"memory_{name}") for name in names})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="Train several methods on the same data and budget and compare them.")
     _add_config_options(compare)
+    _add_config_file_option(compare)
     compare.add_argument("--json", action="store_true", help="Print results.json to stdout instead of the table.")
 
     train = commands.add_parser("train", help="Train one method and save its artifact.")
-    train.add_argument("--method", default="lora", help="Method to train (default: lora; see `peftlab methods`).")
+    train.add_argument("--method", default=argparse.SUPPRESS, help="Method to train (default: lora; see `peftlab methods`).")
     _add_config_options(train, skip={"methods"})
+    _add_config_file_option(train)
     train.add_argument("--json", action="store_true", help="Print results.json to stdout instead of the table.")
 
     params = commands.add_parser("params", help="Count base, trainable and added parameters without training.")
@@ -100,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--num-labels", type=int, default=2, help="Outputs of the classification head (default: 2).")
     _add_config_options(params, skip={f.name for f in config_fields()} - {"model", "label_names", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "method_args"})
     params.add_argument("--json", action="store_true", help="Print JSON: one object for one method, a list for several.")
+    _add_weight_free_options(params)
+    _add_memory_options(params)
 
     evaluate = commands.add_parser("eval", help="Reload a saved artifact and evaluate it on a data set's test split.")
     evaluate.add_argument("artifact", metavar="ARTIFACT_DIR", help="A method folder written by train or compare.")
@@ -112,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="Print JSON lines instead of a table.")
 
     commands.add_parser("methods", help="List the methods with their default learning rates and options.")
+
+    report = commands.add_parser("report", help="Render results.csv, report.md, report.html and the charts of a run folder again from its results.json.")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="A run folder written by train or compare.")
     return parser
 
 
@@ -157,25 +230,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "report":  # before the runner import below, which loads torch
+        from peftlab.report import render_run
+
+        for path in render_run(args.run_dir):
+            print(path)
+        return 0
     from peftlab import reporting, runner
+    from peftlab.report import HTML_FILE
 
     if args.command == "methods":
         return _print_methods()
     if args.command in ("compare", "train"):
-        if args.command == "train":
-            args.methods = [args.method]
-        config = _config_from(args)
+        config = _run_config(args)
         results = runner.train(config, quiet=args.quiet) if args.command == "train" else runner.compare(config, quiet=args.quiet)
         if args.json:
             print(json.dumps(results, indent=2))
         else:
             print(reporting.comparison_table(results))
             print(f"\nresults: {results['out']}/{runner.RESULTS_FILE}")
-        return 0 if all(run["status"] == "ok" for run in results["runs"]) else 1
+            print(f"report:  {results['out']}/{HTML_FILE}")
+        # Methods that --methods all brought in and that cannot apply are skipped with their reason, not failed.
+        return 0 if all(run["status"] in ("ok", "skipped") for run in results["runs"]) else 1
     if args.command == "params":
         args.methods = args.method
         config = _config_from(args)
-        reports = runner.count_params(config=config, num_labels=args.num_labels)
+        memory = _memory_setup(args)
+        reports = runner.count_params(config=config, num_labels=args.num_labels, task=args.task, config_only=args.config_only, memory=memory)
         if args.json:
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
         else:
@@ -183,6 +264,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             for report in reports:
                 print(f"\n{report['method']}:")
                 print(reporting.modules_table(report))
+            if memory is not None:
+                from peftlab.estimate import memory_table
+
+                print("\n" + memory_table(reports))
         return 0
     if args.command == "eval":
         metrics = runner.evaluate_artifact(args.artifact, args.data, quiet=args.quiet or args.json)
@@ -199,14 +284,46 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+# Architectures whose default target modules `peftlab methods` lists; the tables in methods/targets.py cover more.
+LISTED_MODEL_TYPES = ("bert", "roberta", "distilbert", "gpt2", "llama", "mistral", "qwen2", "t5")
+_FLAG_NAMES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets"}
+
+
 def _print_methods() -> int:
-    from peftlab.methods import METHODS
-    from peftlab.methods.targets import LORA_TARGETS
+    from peftlab.methods import FAMILIES, all_method_names, get_method
     from peftlab.reporting import format_table
 
-    rows = [[m.name, f"{m.default_lr:g}", m.summary] for m in METHODS.values()]
-    print(format_table(["method", "default lr", "what trains"], rows))
-    print("\nLoRA default target modules by model type:")
-    for model_type, targets in LORA_TARGETS.items():
-        print(f"  {model_type}: {','.join(targets)}")
+    entries = []  # (listed name, summary, entry)
+    for name in all_method_names():
+        family = FAMILIES.get(name.partition(":")[0]) if ":" in name else None
+        method = get_method(name)
+        entries.append((f"{family.name}:{family.parameter}", family.summary, method) if family else (name, method.summary, method))
+
+    rows = [
+        [listed, f"{m.default_lr:g}", ",".join(t for t in ("seq-cls", "causal-lm", "seq2seq-lm") if t in m.tasks), ",".join(_FLAG_NAMES[f] for f in m.flags) or "-", summary]
+        for listed, summary, m in entries
+    ]
+    print(format_table(["method", "default lr", "tasks", "common flags", "what trains"], rows))
+    print("\ncommon flags: r = --lora-r, alpha = --lora-alpha, dropout = --lora-dropout, targets = --target-modules")
+
+    print("\nOptions, as --method-arg KEY=VALUE, shown with their defaults:")
+    for listed, _, method in entries:
+        for option in method.options:
+            default = repr(option.default) if isinstance(option.default, str) else option.default
+            print(f"  {listed} {option.name}={default}: {option.help}")
+
+    print(f"\nDefault target modules ({', '.join(LISTED_MODEL_TYPES)}; others: pass --target-modules):")
+    groups: list[tuple[list[str], dict]] = []
+    for listed, _, method in entries:
+        if not method.targets:
+            continue
+        shown = {t: method.targets.get(t) for t in LISTED_MODEL_TYPES}
+        same = next((names for names, table in groups if table == shown), None)
+        if same is not None:
+            same.append(listed)
+        else:
+            groups.append(([listed], shown))
+    for names, table in groups:
+        print(f"  {', '.join(names)}:")
+        print("    " + "; ".join(f"{t} {','.join(targets) if targets else '-'}" for t, targets in table.items()))
     return 0

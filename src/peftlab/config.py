@@ -14,6 +14,8 @@ from typing import Any
 from peftlab.errors import PeftlabError
 
 DEFAULT_METHODS = ("full", "head", "lora")
+# Trackers peftlab passes to TrainingArguments.report_to. tensorboard is a dependency, so it works offline.
+REPORT_TO = ("none", "tensorboard")
 
 
 def _opt(default, help: str, group: str, **extra):
@@ -57,6 +59,7 @@ class RunConfig:
 
     # -- output -----------------------------------------------------------------
     out: str | None = _opt(None, "Output folder. Default: a new timestamped folder under runs/.", "output")
+    report_to: str = _opt("none", "Experiment tracker for the training logs: none or tensorboard (event files in the run folder's tensorboard/<method>).", "output")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +88,8 @@ class RunConfig:
             raise PeftlabError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
             raise PeftlabError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if self.report_to not in REPORT_TO:
+            raise PeftlabError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
 
     @property
     def resolved_eval_batch_size(self) -> int:

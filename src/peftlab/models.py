@@ -178,10 +178,28 @@ def new_head_modules(model: PreTrainedModel, missing_keys) -> list[str]:
 
     A checkpoint saved without its pooler (some sentence encoders are) gets the
     pooler listed here too, so the head methods train it rather than leave it random.
+    Each name is the outermost module whose parameters are all new: RoBERTa's head is
+    ``classifier``, not ``classifier.dense`` and ``classifier.out_proj``. peft adds
+    ``classifier`` to modules_to_save by itself, and a trainable copy nested inside
+    its frozen copy of ``classifier`` would never be used in the forward pass.
     """
-    names = sorted({key.rsplit(".", 1)[0] for key in missing_keys if "." in key})
+    missing = set(missing_keys)
+    names = set()
+    for key in missing:
+        if "." not in key:
+            continue
+        name = key.rsplit(".", 1)[0]
+        while "." in name and _all_missing(model, name.rsplit(".", 1)[0], missing):
+            name = name.rsplit(".", 1)[0]
+        names.add(name)
+    names = sorted(names)
     if not names:
         # A checkpoint that already has a head (a fine-tuned classifier): fall back to the usual head names.
         children = dict(model.named_children())
         names = [n for n in ("pre_classifier", "classifier", "score") if n in children]
     return names
+
+
+def _all_missing(model: PreTrainedModel, module_name: str, missing: set[str]) -> bool:
+    params = [name for name, _ in model.get_submodule(module_name).named_parameters()]
+    return bool(params) and all(f"{module_name}.{name}" in missing for name in params)

@@ -39,9 +39,11 @@ def comparison_table(results: dict) -> str:
     split = results["data"]["eval_split"]
     headers = ["method", "trainable", "trainable %", f"{split} accuracy before -> after", "macro-F1", "train time", "peak memory", "artifact"]
     rows = []
+    notes = []  # reasons of skipped and failed methods, printed below the table so its columns stay narrow
     for run in results["runs"]:
         if run["status"] != "ok":
-            rows.append([run["method"], "-", "-", f"failed: {run.get('reason', '')}", "-", "-", "-", "-"])
+            rows.append([run["method"], "-", "-", f"{run['status']} (see below)", "-", "-", "-", "-"])
+            notes.append(f"{run['method']} {run['status']}: {run.get('reason') or 'no reason recorded'}")
             continue
         params, metrics = run["params"], run["metrics"]
         rows.append(
@@ -56,7 +58,8 @@ def comparison_table(results: dict) -> str:
                 human_bytes(run["artifact_bytes"]),
             ]
         )
-    return format_table(headers, rows, align_right={1, 2, 5, 6, 7})
+    table = format_table(headers, rows, align_right={1, 2, 5, 6, 7})
+    return "\n\n".join([table, "\n".join(notes)]) if notes else table
 
 
 def params_table(reports: list[dict]) -> str:

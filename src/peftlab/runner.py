@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,17 +16,22 @@ import transformers
 from peftlab import __version__
 from peftlab.artifacts import folder_bytes, load_artifact, save_artifact
 from peftlab.config import RunConfig
+from peftlab.config_file import write_config_file
 from peftlab.data import TextClassificationData, load_text_classification
 from peftlab.environment import environment
 from peftlab.errors import PeftlabError, one_of
-from peftlab.methods import Method, MethodContext, get_method, method_options
+from peftlab.estimate import MemorySetup, estimate_memory, profile_model
+from peftlab.methods import Method, MethodContext, expand_all, get_method, method_options
+from peftlab.meta import count_params_meta, weight_free_source
 from peftlab.models import ModelSource, load_classifier, load_config, load_tokenizer, resolve_model
 from peftlab.params import ParamReport, base_param_ids, count_unique, param_report
-from peftlab.training import PeakMemory, Timer, evaluate, make_trainer, release_memory, tokenize_splits, training_arguments
+from peftlab.report import write_report
+from peftlab.training import PeakMemory, Timer, evaluate, make_trainer, release_memory, set_tensorboard_dir, tokenize_splits, training_arguments
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+TENSORBOARD_DIR = "tensorboard"  # event files of --report-to tensorboard, one folder per method
 TASK = "seq-cls"
 
 
@@ -43,13 +48,15 @@ class Prepared:
     truncated: dict[str, int]
     methods: list[tuple[Method, dict]]
     head_modules: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # method name -> why it cannot apply (only methods from --methods all)
 
 
 def resolve_methods(config: RunConfig) -> list[tuple[Method, dict]]:
     """Look up each method and split --method-arg between the methods that accept each key."""
     if len(set(config.methods)) != len(config.methods):
         raise PeftlabError(f"--methods lists a method twice: {','.join(config.methods)}")
-    methods = [get_method(name) for name in config.methods]
+    names, _ = expand_all(config.methods)
+    methods = [get_method(name) for name in names]
     known = {option.name for method in methods for option in method.options}
     unknown = sorted(set(config.method_args) - known)
     if unknown:
@@ -83,14 +90,22 @@ def prepare(config: RunConfig) -> Prepared:
             log.warning("%d of %d %s texts are longer than --max-length %d tokens and were truncated", count, data.sizes[split], split, config.max_length)
 
     # Apply each method's fit check to the real model once, so a wrong target
-    # module fails here rather than after other methods have trained.
+    # module fails here rather than after other methods have trained. A method
+    # that only --methods all brought in is skipped with its reason instead.
+    _, from_all = expand_all(config.methods)
+    skipped = {}
     loaded = load_classifier(source, data.label_names, config.seed)
     for method, options in methods:
-        if method.check is not None:
-            method.check(loaded.model, MethodContext(config, model_config.model_type, TASK, loaded.head_modules, options))
+        try:
+            method.check_applies(loaded.model, MethodContext(config, model_config.model_type, TASK, loaded.head_modules, options))
+        except PeftlabError as error:
+            if method.name not in from_all:
+                raise
+            skipped[method.name] = str(error)
+            log.info("%s: skipped: %s", method.name, error)
     head_modules = loaded.head_modules
     del loaded
-    return Prepared(config, source, model_config.model_type, tokenizer, data, tokenized, truncated, methods, head_modules)
+    return Prepared(config, source, model_config.model_type, tokenizer, data, tokenized, truncated, methods, head_modules, skipped)
 
 
 # ---------------------------------------------------------------------------
@@ -162,6 +177,9 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
     scratch = out / f".trainer-{method.name}"
     args = training_arguments(config, lr, scratch, quiet)
     trainer = make_trainer(model, prepared.tokenizer, args, prepared.tokenized["train"])
+    for make_callback in method.callbacks:
+        trainer.add_callback(make_callback(ctx))
+    set_tensorboard_dir(trainer, out / TENSORBOARD_DIR / method.name)
     eval_split = prepared.data.eval_split
     before = evaluate(trainer, prepared.tokenized[eval_split])
 
@@ -190,9 +208,14 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
         "seed": config.seed,
         "params": report.to_dict() | {"modules": None},
         "metrics": {"before": before, "after": after},
+        "eval_split": eval_split,
+        "options": options,
+        "lr": lr,
+        "train_steps": output.global_step,
     }
     artifact = out / method.name
-    artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter)
+    save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
+    artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
     shutil.rmtree(scratch, ignore_errors=True)
 
     return {
@@ -230,12 +253,19 @@ def compare(config: RunConfig, command: str = "compare", quiet: bool = False) ->
     prepared = prepare(config)
     out = create_out_dir(config.out, command)
     log.info("writing to %s", out)
+    write_config_file(config, out)
     results = new_results(prepared, command)
     results["out"] = str(out)
+    env = results["environment"]
+    log.info("device %s, %d torch threads on %d CPUs", env["device"], env["torch_threads"], env["cpu_count"])
     for method, options in prepared.methods:
-        run = run_method(prepared, method, options, out, quiet=quiet)
+        if method.name in prepared.skipped:
+            run = {"method": method.name, "status": "skipped", "reason": prepared.skipped[method.name]}
+        else:
+            run = run_method(prepared, method, options, out, quiet=quiet)
         results["runs"].append(run)
         write_json_atomic(out / RESULTS_FILE, results)
+        write_report(results, out)
     return results
 
 
@@ -246,24 +276,44 @@ def train(config: RunConfig, quiet: bool = False) -> dict:
     return compare(config, command="train", quiet=quiet)
 
 
-def count_params(model: str = "minilm", methods: list[str] = ("lora",), num_labels: int = 2, config: RunConfig | None = None) -> list[dict]:
-    """Report parameters of ``model`` before and after each method, without training."""
+def count_params(
+    model: str = "minilm",
+    methods: list[str] = ("lora",),
+    num_labels: int = 2,
+    config: RunConfig | None = None,
+    task: str | None = None,
+    config_only: bool = False,
+    memory: MemorySetup | None = None,
+) -> list[dict]:
+    """Report parameters of ``model`` before and after each method, without training.
+
+    A config.json, a folder without weights, or any model with ``config_only``
+    is built from its config on the meta device (peftlab.meta), for ``task`` or
+    the task its config names. ``memory`` adds a training-memory estimate.
+    """
     config = config or RunConfig(model=model, methods=list(methods))
     resolved = resolve_methods(config)
+    label_names = config.label_names or [str(i) for i in range(num_labels)]
+    weight_free = weight_free_source(config.model, config_only)
+    if weight_free is not None:
+        return count_params_meta(weight_free, resolved, config, task, label_names, memory)
+    if task not in (None, TASK):
+        raise PeftlabError(f"a loaded model is counted for --task {TASK} only, got {task!r}; add --config-only to count it from its config")
     source = resolve_model(config.model)
     model_type = load_config(source).model_type
-    label_names = config.label_names or [str(i) for i in range(num_labels)]
     reports = []
     for method, options in resolved:
         loaded = load_classifier(source, label_names, config.seed)
         base_params = count_unique(loaded.model)
         base_ids = base_param_ids(loaded.model)
         ctx = MethodContext(config, model_type, TASK, loaded.head_modules, options)
-        if method.check is not None:
-            method.check(loaded.model, ctx)
+        method.check_applies(loaded.model, ctx)
         adapted = method.apply(loaded.model, ctx)
         report = param_report(adapted, base_params, base_ids)
-        reports.append({"method": method.name, **_params_dict(report), "modules": [vars(m) for m in report.modules]})
+        entry = {"method": method.name, **_params_dict(report), "modules": [vars(m) for m in report.modules]}
+        if memory is not None:
+            entry["memory"] = estimate_memory(profile_model(adapted, TASK, loaded.head_modules), memory)
+        reports.append(entry)
     return reports
 
 

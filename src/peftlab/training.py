@@ -16,6 +16,7 @@ import transformers
 from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 
 from peftlab.config import RunConfig
 from peftlab.data import quiet_datasets
@@ -76,7 +77,7 @@ def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bo
         logging_steps=0.05,  # about 20 points on the loss curve
         save_strategy="no",
         eval_strategy="no",
-        report_to="none",
+        report_to=config.report_to,
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -102,12 +103,25 @@ def make_trainer(model, tokenizer, args: TrainingArguments, train_dataset: Datas
         compute_metrics=classification_metrics,
     )
     # The Trainer prints every log dict (PrinterCallback, or ProgressCallback with a bar);
-    # the losses go to results.json instead, so keep only the bar.
+    # the losses go to results.json instead, so keep only the bar. In Jupyter the Trainer
+    # uses NotebookProgressCallback in place of ProgressCallback, and it is kept as it is.
     trainer.remove_callback(PrinterCallback)
-    if not args.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
+    if not args.disable_tqdm and trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(_ProgressBar())
     return trainer
+
+
+def set_tensorboard_dir(trainer: Trainer, folder: Path) -> None:
+    """Make the trainer's TensorBoard callback, if it has one, write its event files to ``folder``.
+
+    transformers 5 has no TrainingArguments.logging_dir: the callback reads the
+    folder from TENSORBOARD_LOGGING_DIR, else uses output_dir/runs/..., which is
+    peftlab's scratch folder and deleted after training. Setting the attribute on
+    the instance avoids changing the environment of the whole process.
+    """
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(folder)
 
 
 def evaluate(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
