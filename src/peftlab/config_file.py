@@ -4,10 +4,10 @@ An experiment file maps RunConfig field names, written with dashes or
 underscores, to values::
 
     model: minilm
-    methods: [head, lora]     # or "head,lora", as on the command line
+    methods: [head, lora, adalora]   # or "head,lora,adalora", as on the command line
     lora-r: 16
     lr: 1e-3
-    method_args: {use_dora: true}
+    method_args: {init_r: 24}        # AdaLoRA's starting rank
 
 Options given on the command line override the file.
 """
