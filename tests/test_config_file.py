@@ -28,6 +28,8 @@ def test_every_field_has_a_file_key(tmp_path):
         "lora-dropout": 0.1, "target_modules": "query,value", "method-args": {"use_dora": True}, "epochs": 2,
         "max-steps": 5, "lr": "1e-3", "batch_size": 8, "eval-batch-size": 16, "weight_decay": 0.01,
         "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard",
+        "task": "causal-lm", "prompt-column": "question", "response_column": "answer", "prompt-template": "Q: {text}",
+        "answer-match": "number", "max_new_tokens": 32, "max-eval-samples": 100,
     }
     keys = {key.replace("-", "_") for key in values}
     assert keys == {f.name for f in config_fields()}  # this test lists every RunConfig field
@@ -43,6 +45,7 @@ def test_every_field_has_a_file_key(tmp_path):
     assert config.epochs == 2.0
     assert config.max_steps == 5
     assert config.report_to == "tensorboard"
+    assert (config.task, config.prompt_template, config.answer_match, config.max_new_tokens) == ("causal-lm", "Q: {text}", "number", 32)
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):
@@ -51,7 +54,7 @@ def test_unknown_key_lists_valid_ones(tmp_path):
         read_config_file(path)
     message = str(error.value)
     assert message.startswith("unknown key 'learning_rate' in config file")
-    assert "valid keys are model, data, text_column" in message
+    assert "valid keys are model, task, data, text_column" in message
     assert "lr" in message.split("valid keys are ")[1].split(", ")
     assert "\n" not in message
 

@@ -21,7 +21,7 @@ from peft import PeftModel
 from peftlab import __version__
 from peftlab.errors import PeftlabError
 from peftlab.model_card import model_card
-from peftlab.models import ModelSource, load_classifier, load_tokenizer, resolve_model
+from peftlab.models import ModelSource, load_causal_lm, load_classifier, load_tokenizer, prepare_tokenizer_for_lm, resolve_model
 
 META_FILE = "peftlab.json"
 CARD_FILE = "README.md"
@@ -78,9 +78,14 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
     """Load a saved artifact for evaluation or prediction, in eval mode."""
     folder = Path(folder)
     meta = read_meta(folder)
+    causal = meta.get("task") == "causal-lm"
+
+    def load_base(source: ModelSource):
+        return load_causal_lm(source, meta.get("seed", 0)) if causal else load_classifier(source, meta["label_names"], meta.get("seed", 0))
+
     if meta.get("adapter"):
         source = _base_source(meta)
-        loaded = load_classifier(source, meta["label_names"], meta.get("seed", 0))
+        loaded = load_base(source)
         # peft 0.21's AdaLoRA loaded for inference fails on any forward with labels (it looks up
         # trainable_adapter_name, set only for training), and evaluation passes labels.
         adalora = (_adapter_config(folder) or {}).get("peft_type") == "ADALORA"
@@ -92,9 +97,10 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
         tokenizer = load_tokenizer(source)
     else:
         local = ModelSource(name=str(folder), path=str(folder), kind="local")
-        loaded = load_classifier(local, meta["label_names"], meta.get("seed", 0))
-        model = loaded.model
+        model = load_base(local).model
         tokenizer = load_tokenizer(local)
+    if causal:
+        prepare_tokenizer_for_lm(tokenizer)
     model.eval()
     return LoadedArtifact(model, tokenizer, meta, folder)
 
