@@ -331,3 +331,11 @@ def test_prompt_response_with_short_answers_is_scored(tiny_llama, pairs, tmp_pat
     results = compare(RunConfig(model=str(tiny_llama), data=str(pairs), methods=["lora"], max_steps=1, out=str(tmp_path / "run")), quiet=True)
     assert results["data"]["kind"] == "prompt-response"
     assert results["data"]["answer_match"] == "exact"
+
+
+def test_text_model_continues_the_prompt_as_is(tiny_llama, text_file, tmp_path):
+    compare(RunConfig(model=str(tiny_llama), data=str(text_file), methods=["lora"], max_length=32, max_steps=1, out=str(tmp_path / "run")), quiet=True)
+    artifact = load_artifact(tmp_path / "run" / "lora")
+    ids = artifact.tokenizer("the cat sat", add_special_tokens=False)["input_ids"]
+    expected = generate_batched(artifact.model, artifact.tokenizer, [ids], 5, 1, quiet=True)[0]
+    assert generate(str(tmp_path / "run" / "lora"), ["the cat sat"], max_new_tokens=5) == [{"prompt": "the cat sat", "response": expected}]

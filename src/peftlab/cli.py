@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+", metavar="TEXT", help="Texts to classify.")
     predict.add_argument("--json", action="store_true", help="Print JSON lines instead of a table.")
 
-    generate = commands.add_parser("generate", help="Answer prompts with a language-model artifact (greedy, through its chat template).")
+    generate = commands.add_parser("generate", help="Answer prompts greedily with a language-model artifact (through its chat template, or as plain text to continue for a model trained on plain text).")
     generate.add_argument("artifact", metavar="ARTIFACT_DIR", help="A method folder of a causal-lm run, or a folder written by merge.")
     generate.add_argument("prompts", nargs="+", metavar="PROMPT", help="Prompts to answer.")
     generate.add_argument("--max-new-tokens", type=int, help="Tokens to generate per prompt (default: the run's, at least 64).")
@@ -329,7 +329,7 @@ def _print_methods() -> int:
         entries.append((f"{family.name}:{family.parameter}", family.summary, method) if family else (name, method.summary, method))
 
     rows = [
-        [listed, f"{m.default_lr:g}", ",".join(t for t in ("seq-cls", "causal-lm", "seq2seq-lm") if t in m.tasks), ",".join(_FLAG_NAMES[f] for f in m.flags) or "-", summary]
+        [listed, f"{m.default_lr:g}" + "".join(f" ({task} {lr:g})" for task, lr in m.task_lr.items()), ",".join(t for t in ("seq-cls", "causal-lm", "seq2seq-lm") if t in m.tasks), ",".join(_FLAG_NAMES[f] for f in m.flags) or "-", summary]
         for listed, summary, m in entries
     ]
     print(format_table(["method", "default lr", "tasks", "common flags", "what trains"], rows))

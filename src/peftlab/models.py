@@ -186,6 +186,7 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> L
             label2id=label2id,
             output_loading_info=True,
             dtype=torch.float32,
+            **source.load_kwargs,
         )
     except OSError as error:
         if source.kind == "hub":
@@ -195,6 +196,8 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> L
         raise PeftlabError(f"model {source.name!r} cannot be used for sequence classification: {str(error).splitlines()[0]}") from error
     finally:
         transformers.logging.set_verbosity(level)
+    if source.gguf_file:
+        _forget_gguf_quantization(model)
     model.config.problem_type = "single_label_classification"
     return LoadedModel(model=model, head_modules=new_head_modules(model, info.get("missing_keys", [])))
 

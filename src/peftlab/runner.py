@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from datasets import DatasetDict
 
 from peftlab import __version__
 from peftlab.artifacts import folder_bytes, load_artifact, save_artifact
@@ -148,10 +149,15 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, source, model_config.model_type, tokenizer, data, tokenized, truncated, methods, head_modules, skipped, answer_match, max_new_tokens)
 
 
-def _prepare_lm_data(config: RunConfig, tokenizer) -> tuple[LMData, TokenizedLM, dict[str, int], str, int]:
-    """Load and tokenize language-model data once; decide how answers are scored and how many tokens to generate."""
+def _prepare_lm_data(config: RunConfig, tokenizer, eval_only: bool = False) -> tuple[LMData, TokenizedLM, dict[str, int], str, int]:
+    """Load and tokenize language-model data once; decide how answers are scored and how many tokens to generate.
+
+    ``eval_only`` keeps only the evaluation split (plain text keeps all of it, because its held-out tail is cut from train).
+    """
     prepare_tokenizer_for_lm(tokenizer)
     data = load_lm_data(config)
+    if eval_only and data.kind != "text":
+        data.splits = DatasetDict({data.eval_split: data.splits[data.eval_split]})
     tokenized = tokenize_lm(data, tokenizer, config.max_length, config.validation_fraction)
     for split, count in tokenized.truncated.items():
         if count:
@@ -348,11 +354,13 @@ def _evaluate(prepared: Prepared, trainer, quiet: bool) -> tuple[dict, list]:
 
 
 def _evaluate_validation(prepared: Prepared, trainer) -> dict | None:
-    """Metrics on the validation split (for a language model: loss and perplexity only, as generation is slow)."""
+    """Metrics on the validation split for a classifier; None for a language model.
+
+    A language model's evaluation is a forward pass per row at the cost of a small training step, so a
+    second split would add minutes per method on a CPU; evaluate one with `peftlab eval --data`.
+    """
     if prepared.task == "causal-lm":
-        if "validation" not in prepared.tokenized.splits:
-            return None
-        return evaluate_lm(trainer, prepared.tokenized, "validation", "none", 0, quiet=True)[0]
+        return None
     return evaluate(trainer, prepared.tokenized["validation"])
 
 
@@ -486,7 +494,7 @@ def _evaluate_lm_artifact(artifact, data: str | None, quiet: bool) -> dict:
         batch_size=max(1, meta["eval_batch_size"] // 2),
         eval_batch_size=meta["eval_batch_size"],
     )
-    loaded_data, tokenized, _, match, max_new_tokens = _prepare_lm_data(config, artifact.tokenizer)
+    loaded_data, tokenized, _, match, max_new_tokens = _prepare_lm_data(config, artifact.tokenizer, eval_only=True)
     scratch = Path(artifact.folder) / ".eval-scratch"
     trainer = make_trainer(artifact.model, artifact.tokenizer, training_arguments(config, 1e-5, scratch, quiet), task="causal-lm")
     metrics, _ = evaluate_lm(trainer, tokenized, loaded_data.eval_split, match, max_new_tokens, quiet)
@@ -524,7 +532,11 @@ def predict(folder: str, texts: list[str]) -> list[dict]:
 
 
 def generate(folder: str, prompts: list[str], max_new_tokens: int | None = None, artifact=None, quiet: bool = True) -> list[dict]:
-    """Answer each prompt greedily with a language-model artifact, through its chat template when it has one."""
+    """Answer each prompt greedily with a language-model artifact.
+
+    A model trained on prompts sees each prompt through the chat template it was trained with;
+    a model trained on plain text continues the prompt as it is.
+    """
     if not prompts:
         raise PeftlabError("no prompt given: pass one or more prompts")
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -534,7 +546,8 @@ def generate(folder: str, prompts: list[str], max_new_tokens: int | None = None,
         raise PeftlabError(f"{folder!r} is a classifier ({artifact.meta.get('task', 'seq-cls')}), which does not generate text; use `peftlab predict {folder} TEXT`")
     tokenizer = artifact.tokenizer
     prepare_tokenizer_for_lm(tokenizer)
-    ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    continues_text = artifact.meta.get("data_kind") == "text"
+    ids = [tokenizer(p if continues_text else render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     limit = max_new_tokens or max(artifact.meta.get("max_new_tokens") or 0, 64)
     answers = generate_batched(artifact.model, tokenizer, ids, limit, artifact.meta["eval_batch_size"], quiet=quiet)
     return [{"prompt": p, "response": a} for p, a in zip(prompts, answers)]

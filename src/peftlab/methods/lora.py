@@ -52,6 +52,9 @@ LORA = register(
         # On MiniLM with SST-2 (r=8 on query/key/value, one epoch): 3e-3 gave 0.871 test accuracy,
         # 2e-3 0.865 and 1e-3 0.860.
         default_lr=3e-3,
+        # Language models: LoRA on every attention and MLP projection of the model; a smaller step than
+        # for an encoder, whose LoRA covers only query, key and value.
+        task_lr={"causal-lm": 1e-3},
         apply=_apply_lora,
         saves_adapter=True,
         check=target_check("lora", LORA_TARGETS),
