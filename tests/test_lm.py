@@ -339,3 +339,17 @@ def test_text_model_continues_the_prompt_as_is(tiny_llama, text_file, tmp_path):
     ids = artifact.tokenizer("the cat sat", add_special_tokens=False)["input_ids"]
     expected = generate_batched(artifact.model, artifact.tokenizer, [ids], 5, 1, quiet=True)[0]
     assert generate(str(tmp_path / "run" / "lora"), ["the cat sat"], max_new_tokens=5) == [{"prompt": "the cat sat", "response": expected}]
+
+
+def test_eval_of_first_rows_matches_recorded_examples(labelled_run):
+    out, results = labelled_run
+    run = next(r for r in results["runs"] if r["method"] == "lora")
+    metrics = evaluate_artifact(str(out / "lora"), max_eval_samples=3)
+    expected = sum(is_match(e["generated"], e["reference"], "exact") for e in run["examples"]["after"]) / 3
+    assert metrics["exact_match"] == expected
+
+
+def test_eval_rejects_zero_rows(labelled_run, capsys):
+    out, _ = labelled_run
+    assert main(["eval", str(out / "lora"), "--max-eval-samples", "0"]) == 2
+    assert "--max-eval-samples must be a positive integer, got 0" in capsys.readouterr().err

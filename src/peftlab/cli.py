@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="Reload a saved artifact and evaluate it on a data set's test split.")
     evaluate.add_argument("artifact", metavar="ARTIFACT_DIR", help="A method folder written by train or compare.")
     evaluate.add_argument("--data", help="Data to evaluate on (default: the data the artifact was trained on).")
+    evaluate.add_argument("--max-eval-samples", type=int, help="Evaluate on the first N rows of the split (default: as when the artifact was trained, all rows for a classifier).")
     evaluate.add_argument("--json", action="store_true", help="Print only the metrics object as JSON.")
 
     predict = commands.add_parser("predict", help="Classify texts with a saved artifact.")
@@ -284,7 +285,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print("\n" + memory_table(reports))
         return 0
     if args.command == "eval":
-        metrics = runner.evaluate_artifact(args.artifact, args.data, quiet=args.quiet or args.json)
+        metrics = runner.evaluate_artifact(args.artifact, args.data, quiet=args.quiet or args.json, max_eval_samples=args.max_eval_samples)
         shown = [k for k in ("accuracy", "f1_macro", "exact_match", "loss", "perplexity") if k in metrics]
         if args.json:
             print(json.dumps({k: metrics[k] for k in shown}))

@@ -448,12 +448,17 @@ def count_params(
     return reports
 
 
-def evaluate_artifact(folder: str, data: str | None = None, quiet: bool = True) -> dict:
-    """Reload a saved artifact and evaluate it on the evaluation split of ``data`` (default: the data it was trained on)."""
+def evaluate_artifact(folder: str, data: str | None = None, quiet: bool = True, max_eval_samples: int | None = None) -> dict:
+    """Reload a saved artifact and evaluate it on the evaluation split of ``data`` (default: the data it was trained on).
+
+    ``max_eval_samples`` limits the rows scored; by default a language model is scored on as many rows as when it was trained.
+    """
+    if max_eval_samples is not None and max_eval_samples < 1:
+        raise PeftlabError(f"--max-eval-samples must be a positive integer, got {max_eval_samples}")
     artifact = load_artifact(folder)
     meta = artifact.meta
     if meta.get("task") == "causal-lm":
-        return _evaluate_lm_artifact(artifact, data, quiet)
+        return _evaluate_lm_artifact(artifact, data, quiet, max_eval_samples or meta.get("max_eval_samples"))
     source = data if data is not None else (None if meta["data"] == "demo" else meta["data"])
     loaded_data = load_text_classification(
         source, None if data is not None else meta["text_column"], None if data is not None else meta["label_column"],
@@ -462,6 +467,9 @@ def evaluate_artifact(folder: str, data: str | None = None, quiet: bool = True) 
     if loaded_data.label_names != meta["label_names"]:
         raise PeftlabError(f"data {loaded_data.source!r} has labels {one_of(loaded_data.label_names)} but the artifact was trained on {one_of(meta['label_names'])}")
     tokenized, _ = tokenize_splits(loaded_data.splits, artifact.tokenizer, meta["max_length"])
+    if max_eval_samples is not None:
+        split = tokenized[loaded_data.eval_split]
+        tokenized[loaded_data.eval_split] = split.select(range(min(max_eval_samples, len(split))))
     config = RunConfig(batch_size=max(1, meta["eval_batch_size"] // 2), eval_batch_size=meta["eval_batch_size"], seed=meta["seed"])
     scratch = Path(artifact.folder) / ".eval-scratch"
     args = training_arguments(config, 1e-5, scratch, quiet)
@@ -471,7 +479,7 @@ def evaluate_artifact(folder: str, data: str | None = None, quiet: bool = True) 
     return {"split": loaded_data.eval_split, "data": loaded_data.source, **metrics}
 
 
-def _evaluate_lm_artifact(artifact, data: str | None, quiet: bool) -> dict:
+def _evaluate_lm_artifact(artifact, data: str | None, quiet: bool, max_eval_samples: int | None) -> dict:
     """Rebuild a language model's evaluation from peftlab.json: same data shape, template, limits and scoring."""
     meta = artifact.meta
     columns = meta.get("columns") or {}
@@ -490,7 +498,7 @@ def _evaluate_lm_artifact(artifact, data: str | None, quiet: bool) -> dict:
         seed=meta["seed"],
         answer_match=meta["answer_match"] if same_data else "auto",
         max_new_tokens=meta["max_new_tokens"] or None,
-        max_eval_samples=meta.get("max_eval_samples"),
+        max_eval_samples=max_eval_samples,
         batch_size=max(1, meta["eval_batch_size"] // 2),
         eval_batch_size=meta["eval_batch_size"],
     )
