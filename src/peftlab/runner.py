@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,11 +13,15 @@ import transformers
 
 from peftlab import __version__
 from peftlab.artifacts import folder_bytes, load_artifact, save_artifact
+from peftlab.checkpoints import (
+    RESULTS_FILE, checkpoint_dir, failure_reason, finished_runs, last_checkpoint, open_out_dir, remove_checkpoints, safe_child, train_resumable,
+    write_json_atomic,
+)
 from peftlab.config import RunConfig
 from peftlab.config_file import write_config_file
 from peftlab.data import TextClassificationData, load_text_classification
 from peftlab.environment import environment
-from peftlab.errors import PeftlabError, one_of
+from peftlab.errors import PeftlabError, RunInterrupted, one_of
 from peftlab.estimate import MemorySetup, estimate_memory, profile_model
 from peftlab.methods import Method, MethodContext, expand_all, get_method, method_options
 from peftlab.meta import count_params_meta, weight_free_source
@@ -30,7 +32,6 @@ from peftlab.training import PeakMemory, Timer, evaluate, make_trainer, release_
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 TENSORBOARD_DIR = "tensorboard"  # event files of --report-to tensorboard, one folder per method
 TASK = "seq-cls"
 
@@ -112,31 +113,6 @@ def prepare(config: RunConfig) -> Prepared:
 # Output folder and results file
 
 
-def create_out_dir(out: str | None, command: str) -> Path:
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        folder = Path("runs") / f"{stamp}-{command}"
-        suffix = 1
-        while folder.exists():
-            suffix += 1
-            folder = Path("runs") / f"{stamp}-{command}-{suffix}"
-    else:
-        folder = Path(out).expanduser()
-        if (folder / RESULTS_FILE).exists():
-            raise PeftlabError(f"--out {out!r} already holds a run ({RESULTS_FILE}); choose a new folder")
-        if folder.exists() and not folder.is_dir():
-            raise PeftlabError(f"--out {out!r} is a file; pass a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def new_results(prepared: Prepared, command: str) -> dict:
     data = prepared.data.describe()
     data["truncated"] = prepared.truncated
@@ -148,6 +124,8 @@ def new_results(prepared: Prepared, command: str) -> dict:
         "data": data,
         "config": prepared.config.to_dict(),
         "environment": environment(),
+        # Every random choice of a run (head initialisation, training order, dropout, validation split) uses this seed.
+        "seeds": {"seed": prepared.config.seed, "data_seed": prepared.config.seed},
         "runs": [],
     }
 
@@ -174,7 +152,7 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
     )
 
     lr = config.lr if config.lr is not None else method.default_lr
-    scratch = out / f".trainer-{method.name}"
+    scratch = checkpoint_dir(out, method.name)
     args = training_arguments(config, lr, scratch, quiet)
     trainer = make_trainer(model, prepared.tokenizer, args, prepared.tokenized["train"])
     for make_callback in method.callbacks:
@@ -183,8 +161,9 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
     eval_split = prepared.data.eval_split
     before = evaluate(trainer, prepared.tokenized[eval_split])
 
+    resume_from = last_checkpoint(scratch) if config.resume else None
     with PeakMemory() as memory, Timer() as timer:
-        output = trainer.train()
+        output = train_resumable(trainer, method.name, resume_from)
     after = evaluate(trainer, prepared.tokenized[eval_split])
     validation = after if eval_split == "validation" else evaluate(trainer, prepared.tokenized["validation"])
     log.info(
@@ -213,10 +192,10 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
         "lr": lr,
         "train_steps": output.global_step,
     }
-    artifact = out / method.name
+    artifact = safe_child(out, method.name, "method name")
     save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
     artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_checkpoints(out, method.name)
 
     return {
         "method": method.name,
@@ -228,6 +207,7 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
         "metrics": {"before": before, "after": after, "validation_after": validation},
         "train_seconds": round(timer.seconds, 2),
         "train_steps": output.global_step,
+        "resumed_from_step": int(resume_from.name.rsplit("-", 1)[1]) if resume_from is not None else None,
         "peak_memory_mb": round(memory.peak_mb, 1),
         "artifact_bytes": artifact_bytes,
         "path": artifact.name,
@@ -251,22 +231,55 @@ def _params_dict(report: ParamReport) -> dict:
 def compare(config: RunConfig, command: str = "compare", quiet: bool = False) -> dict:
     """Run every method of ``config`` on the same data, seed and budget; return and save the results."""
     prepared = prepare(config)
-    out = create_out_dir(config.out, command)
+    out, previous = open_out_dir(config, command)
     log.info("writing to %s", out)
-    write_config_file(config, out)
     results = new_results(prepared, command)
     results["out"] = str(out)
+    kept = finished_runs(previous)
+    if previous is not None:
+        results["created"] = previous["created"]
+        results["resumed"] = [*previous.get("resumed", []), datetime.now(timezone.utc).isoformat(timespec="seconds")]
+    write_json_atomic(out / RESULTS_FILE, results)  # marks the folder as a run from its first moment
+    write_config_file(config, out)
     env = results["environment"]
     log.info("device %s, %d torch threads on %d CPUs", env["device"], env["torch_threads"], env["cpu_count"])
     for method, options in prepared.methods:
-        if method.name in prepared.skipped:
+        if method.name in kept:
+            run = kept[method.name]
+            log.info("%s: %s in the earlier attempt, kept as it is", method.name, "finished" if run["status"] == "ok" else "skipped")
+        elif method.name in prepared.skipped:
             run = {"method": method.name, "status": "skipped", "reason": prepared.skipped[method.name]}
         else:
-            run = run_method(prepared, method, options, out, quiet=quiet)
+            run = _run_isolated(prepared, method, options, out, results, quiet)
         results["runs"].append(run)
         write_json_atomic(out / RESULTS_FILE, results)
         write_report(results, out)
     return results
+
+
+def _run_isolated(prepared: Prepared, method: Method, options: dict, out: Path, results: dict, quiet: bool) -> dict:
+    """Run one method; a failure becomes a "failed" entry so the other methods still run.
+
+    Ctrl-C is not a failure: the method is recorded as "interrupted", the
+    results are written and RunInterrupted propagates to end the run.
+    """
+    try:
+        return run_method(prepared, method, options, out, quiet=quiet)
+    except (RunInterrupted, KeyboardInterrupt) as stop:
+        reason = str(stop) if isinstance(stop, RunInterrupted) else "stopped by a second Ctrl-C before a checkpoint was saved"
+        results["runs"].append({"method": method.name, "status": "interrupted", "reason": reason})
+        write_json_atomic(out / RESULTS_FILE, results)
+        write_report(results, out)
+        interrupted = stop if isinstance(stop, RunInterrupted) else RunInterrupted(f"{method.name} {reason}")
+        interrupted.out = str(out)
+        raise interrupted from None
+    except Exception as error:  # noqa: BLE001 - any error of one method (unsupported, out of memory, diverged) is recorded, not fatal
+        reason = failure_reason(error)
+        log.error("%s: failed: %s; the other methods still run", method.name, reason)
+        log.debug("%s: traceback of the failure", method.name, exc_info=True)
+        remove_checkpoints(out, method.name)
+        release_memory()
+        return {"method": method.name, "status": "failed", "reason": reason}
 
 
 def train(config: RunConfig, quiet: bool = False) -> dict:
