@@ -72,7 +72,7 @@ def resolve_methods(config: RunConfig) -> list[tuple[Method, dict]]:
 def prepare(config: RunConfig) -> Prepared:
     """Check the whole request and load model, tokenizer and data, before anything is written."""
     methods = resolve_methods(config)
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source)
     tokenizer = load_tokenizer(source)
     log.info("model %s: %s (%s)", source.name, model_config.model_type, source.path)
@@ -312,7 +312,7 @@ def count_params(
         return count_params_meta(weight_free, resolved, config, task, label_names, memory)
     if task not in (None, TASK):
         raise PeftlabError(f"a loaded model is counted for --task {TASK} only, got {task!r}; add --config-only to count it from its config")
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     model_type = load_config(source).model_type
     reports = []
     for method, options in resolved:
