@@ -50,11 +50,11 @@ def _parquet(folder, table):
     return str(path)
 
 
-def _previous_run(folder, config=None):
+def _previous_run(folder, config=None, data=None):
     """A run folder as compare leaves it, with results.json and a config."""
     out = folder / "previous"
     out.mkdir()
-    (out / "results.json").write_text(json.dumps({"command": "compare", "config": config or {}, "runs": []}))
+    (out / "results.json").write_text(json.dumps({"command": "compare", "config": config or {}, "data": data or {}, "runs": []}))
     return out
 
 
@@ -124,7 +124,7 @@ CASES = {
     ),
     "JSON Lines line not an object": lambda d, m: (
         ["compare", "--data", _jsonl(d, _good_jsonl_lines(2) + ['["a", 1]'])],
-        f"error: line 3 of data file '{d}/train.jsonl' holds a JSON list, not an object; write one object per line, such as {{\"text\": \"...\", \"label\": 0}}",
+        f"error: line 3 of data file '{d}/train.jsonl' contains a JSON list, not an object; write one object per line, such as {{\"text\": \"...\", \"label\": 0}}",
     ),
     "JSON Lines repeated key": lambda d, m: (
         ["compare", "--data", _jsonl(d, ['{"text": "a", "label": 0, "text": "b"}'])],
@@ -148,11 +148,11 @@ CASES = {
     ),
     "Parquet text column of integers": lambda d, m: (
         ["compare", "--data", _parquet(d, pa.table({"text": [1, 2, 3, 4], "label": [0, 1, 0, 1]}))],
-        f"error: text column 'text' of the train split of '{d}/train.parquet' holds int64 values, not text; name the column with the texts with --text-column (columns: label, text)",
+        f"error: text column 'text' of the train split of '{d}/train.parquet' contains int64 values, not text; name the column with the texts with --text-column (columns: label, text)",
     ),
     "Parquet label column of lists": lambda d, m: (
         ["compare", "--data", _parquet(d, pa.table({"text": ["a", "b"], "label": [[0], [1]]}))],
-        f"error: label column 'label' of the train split of '{d}/train.parquet' holds list values; labels must be integers 0, 1, ... or names, one per row",
+        f"error: label column 'label' of the train split of '{d}/train.parquet' contains list values; labels must be integers 0, 1, ... or names, one per row",
     ),
     "not a Parquet file": lambda d, m: (
         ["compare", "--data", _write(d, "train.parquet", b"PAR1 not really")],
@@ -160,7 +160,7 @@ CASES = {
     ),
     "non-integer numeric labels": lambda d, m: (
         ["compare", "--data", _csv(d, rows=[("a", "0.5"), ("b", "1.5"), ("c", "0.5")])],
-        f"error: label column 'label' of '{d}/train.csv' holds non-integer numbers such as 0.5; labels must be integers 0, 1, ... or names (regression is not supported)",
+        f"error: label column 'label' of '{d}/train.csv' contains non-integer numbers such as 0.5; labels must be integers 0, 1, ... or names (regression is not supported)",
     ),
     "CSV row with too many fields": lambda d, m: (
         ["compare", "--data", _write(d, "train.csv", "text,label\na,0\nb,1\nc,0,extra\n")],
@@ -168,7 +168,7 @@ CASES = {
     ),
     "CSV text column of numbers": lambda d, m: (
         ["compare", "--data", _write(d, "train.csv", "text,label\n1,a\n2,b\n3,a\n")],
-        f"error: text column 'text' of the train split of '{d}/train.csv' holds int64 values, not text; name the column with the texts with --text-column (columns: label, text)",
+        f"error: text column 'text' of the train split of '{d}/train.csv' contains int64 values, not text; name the column with the texts with --text-column (columns: label, text)",
     ),
     "every text blank": lambda d, m: (
         ["compare", "--data", _write(d, "train.csv", 'text,label\n" ",a\n,b\n')],
@@ -180,7 +180,7 @@ CASES = {
     "resume without out": lambda d, m: (["compare", "--resume", "--no-out"], "error: --resume needs --out naming the run folder to continue"),
     "resume of an empty folder": lambda d, m: (
         ["compare", "--resume", "--out", str(d)],
-        f"error: --out '{d}' holds no run to resume (no results.json); drop --resume to start a new run there",
+        f"error: --out '{d}' contains no run to resume (no results.json); drop --resume to start a new run there",
     ),
     "resume and overwrite together": lambda d, m: (
         ["compare", "--resume", "--overwrite"],
@@ -189,6 +189,11 @@ CASES = {
     "resume with other settings": lambda d, m: (
         ["compare", "--resume", "--lr", "0.01", "--out", str(_previous_run(d, _default_config(m)))],
         f"error: --resume: --lr is 0.01 but the run in '{d}/previous' used None; pass the same settings, or --overwrite to start again",
+    ),
+    "resume with changed data": lambda d, m: (
+        ["compare", "--resume", "--out", str(_previous_run(d, _default_config(m), data={"splits": {"train": 100}, "label_names": ["negative", "positive"]}))],
+        "error: --resume: the data now has splits {'train': 288, 'validation': 32, 'test': 80} and labels ['negative', 'positive'], "
+        "but the run used {'train': 100} and ['negative', 'positive']; restore the data files, or pass --overwrite to start again",
     ),
     "resume of another command": lambda d, m: (
         ["train", "--resume", "--out", str(_previous_run(d))],
@@ -217,7 +222,7 @@ CASES = {
     ),
     "pickled weights only": lambda d, m: (
         ["compare", "--model", _model_folder(d, m, "pickled", _pickled_weights)],
-        f"error: model folder '{d}/pickled' holds only pickled weights (pytorch_model.bin); peftlab loads safetensors only: convert it with save_pretrained(safe_serialization=True), or pass --allow-pickle if you trust the file",
+        f"error: model folder '{d}/pickled' contains only pickled weights (pytorch_model.bin); peftlab loads safetensors only: convert it with save_pretrained(safe_serialization=True), or pass --allow-pickle if you trust the file",
     ),
     "model with its own code": lambda d, m: (
         ["compare", "--model", _model_folder(d, m, "custom", _add_auto_map)],
@@ -237,7 +242,7 @@ CASES = {
     ),
     "pickled adapter": lambda d, m: (
         ["eval", str(_pickled_adapter(_adapter_artifact(d, m)))],
-        f"error: adapter '{d}/lora' holds only pickled weights (adapter_model.bin); peftlab loads safetensors only: save the adapter again with save_pretrained, which writes safetensors",
+        f"error: adapter '{d}/lora' contains only pickled weights (adapter_model.bin); peftlab loads safetensors only: save the adapter again with save_pretrained, which writes safetensors",
     ),
 }
 

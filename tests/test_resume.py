@@ -91,7 +91,10 @@ def test_crash_then_resume_matches_uninterrupted(reference, tiny_bert, data_fold
     finished = [run["method"] for run in saved["runs"]]
     assert finished == METHODS[: METHODS.index(method)]
     found = last_checkpoint(out / "checkpoints" / method)
-    assert (found.name if found else None) == (f"checkpoint-{checkpoint}" if checkpoint else None)
+    if checkpoint is None:
+        assert found is None
+    else:
+        assert found.name == f"checkpoint-{checkpoint}"
 
     monkeypatch.undo()
     resumed = runner.compare(_config(tiny_bert, data_folder, out, resume=True), quiet=True)

@@ -85,7 +85,7 @@ def _check_adapter_weights(folder: Path, allow_pickle: bool) -> None:
         if allow_pickle:
             return
         raise PeftlabError(
-            f"adapter {str(folder)!r} holds only pickled weights (adapter_model.bin); peftlab loads safetensors only: save the adapter again with save_pretrained, which writes safetensors"
+            f"adapter {str(folder)!r} contains only pickled weights (adapter_model.bin); peftlab loads safetensors only: save the adapter again with save_pretrained, which writes safetensors"
         )
     raise PeftlabError(f"adapter {str(folder)!r} has no weights (adapter_model.safetensors); pass a method folder that train or compare wrote")
 

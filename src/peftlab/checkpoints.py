@@ -1,6 +1,6 @@
 """Run folders that survive a crash: the --out policy, training checkpoints, resume, Ctrl-C and failed methods.
 
-A run folder holds results.json from its first moment, rewritten atomically
+A run folder contains results.json from its first moment, rewritten atomically
 after every method, so it always lists the methods that finished. Training
 checkpoints are transformers' own (weights in safetensors, optimizer,
 scheduler, RNG states and the data position) under ``checkpoints/<method>/``;
@@ -67,7 +67,7 @@ def checkpoint_dir(out: Path, method: str) -> Path:
 def open_out_dir(config: RunConfig, command: str) -> tuple[Path, dict | None]:
     """Create the run folder, or reopen it for --resume or --overwrite; return it and the results to resume from.
 
-    An --out that already holds results.json is rejected unless --resume or
+    An --out that already contains results.json is rejected unless --resume or
     --overwrite says what to do with it.
     """
     if config.resume and config.overwrite:
@@ -83,7 +83,7 @@ def open_out_dir(config: RunConfig, command: str) -> tuple[Path, dict | None]:
     results_path = folder / RESULTS_FILE
     if not results_path.exists():
         if config.resume:
-            raise PeftlabError(f"--out {config.out!r} holds no run to resume (no {RESULTS_FILE}); drop --resume to start a new run there")
+            raise PeftlabError(f"--out {config.out!r} contains no run to resume (no {RESULTS_FILE}); drop --resume to start a new run there")
         folder.mkdir(parents=True, exist_ok=True)
         return folder, None
 
@@ -138,6 +138,18 @@ def check_same_run(previous: dict, config: RunConfig, command: str) -> None:
             raise PeftlabError(
                 f"--resume: {flag} is {now.get(key)!r} but the run in {config.out!r} used {before.get(key)!r}; pass the same settings, or --overwrite to start again"
             )
+
+
+def check_same_data(previous: dict, results: dict) -> None:
+    """Reject a resume whose data splits differ in size or labels from the run it continues (the files changed)."""
+    keys = ("splits", "label_names")
+    before = {key: previous.get("data", {}).get(key) for key in keys}
+    now = {key: results["data"][key] for key in keys}
+    if before != now:
+        raise PeftlabError(
+            f"--resume: the data now has splits {now['splits']} and labels {now['label_names']}, but the run used {before['splits']} and {before['label_names']}; "
+            "restore the data files, or pass --overwrite to start again"
+        )
 
 
 def remove_previous_run(folder: Path, previous: dict | None) -> None:

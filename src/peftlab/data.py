@@ -186,7 +186,7 @@ def _load_files(files: dict[str, list[Path]], source: str, notes: list[str]) -> 
     # Files that are not UTF-8 are read from UTF-8 copies in a temporary folder, deleted once
     # datasets has converted them to Arrow in its cache.
     try:
-        with tempfile.TemporaryDirectory(prefix="peftlab-data-") as workdir, _datasets_log_quiet():
+        with tempfile.TemporaryDirectory(prefix="peftlab-data-") as workdir, _local_read():
             files = check_data_files(files, kind, Path(workdir), notes)
             data_files = {split: [str(p) for p in paths] for split, paths in files.items()}
             return datasets.load_dataset(kind, data_files=data_files, **kwargs)
@@ -215,15 +215,24 @@ def _load_hub(name: str) -> DatasetDict:
     return DatasetDict(renamed)
 
 
-class _datasets_log_quiet:
-    """Silence the log record datasets writes before raising a read error: peftlab reports the error in one line."""
+class _local_read:
+    """Settings of datasets while it reads local files.
+
+    datasets 5.2 sends a HEAD request to its S3 bucket to count downloads of
+    the csv, json and parquet builders unless HF_UPDATE_DOWNLOAD_COUNTS is off,
+    so reading a local file would reach the network. Its log record before a
+    read error is silenced too, because peftlab reports the error in one line.
+    """
 
     def __enter__(self):
         self.level = datasets.logging.get_verbosity()
+        self.counts = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
         datasets.logging.set_verbosity(logging.CRITICAL)
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
 
     def __exit__(self, *exc):
         datasets.logging.set_verbosity(self.level)
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = self.counts
 
 
 class quiet_datasets:
@@ -266,7 +275,7 @@ def _check_column_types(raw: DatasetDict, text_column: str, label_column: str, s
         text_feature = split.features[text_column]
         if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in TEXT_DTYPES):
             raise PeftlabError(
-                f"text column {text_column!r} of the {name} split of {source!r} holds {_feature_name(text_feature)} values, not text; "
+                f"text column {text_column!r} of the {name} split of {source!r} contains {_feature_name(text_feature)} values, not text; "
                 f"name the column with the texts with --text-column (columns: {one_of(split.column_names)})"
             )
         label_feature = split.features[label_column]
@@ -274,7 +283,7 @@ def _check_column_types(raw: DatasetDict, text_column: str, label_column: str, s
             continue  # Json: a JSON column of mixed types, which _encode_labels reports by the types it finds
         if not (isinstance(label_feature, datasets.Value) and label_feature.dtype.startswith(LABEL_DTYPE_PREFIXES)):
             raise PeftlabError(
-                f"label column {label_column!r} of the {name} split of {source!r} holds {_feature_name(label_feature)} values; labels must be integers 0, 1, ... or names, one per row"
+                f"label column {label_column!r} of the {name} split of {source!r} contains {_feature_name(label_feature)} values; labels must be integers 0, 1, ... or names, one per row"
             )
 
 
@@ -346,7 +355,7 @@ def _encode_labels(raw: DatasetDict, column: str, label_names: list[str] | None,
     if all(isinstance(v, float) for v in values):
         example = next(v for v in values if not float(v).is_integer())
         raise PeftlabError(
-            f"label column {column!r} of {source!r} holds non-integer numbers such as {example}; labels must be integers 0, 1, ... or names (regression is not supported)"
+            f"label column {column!r} of {source!r} contains non-integer numbers such as {example}; labels must be integers 0, 1, ... or names (regression is not supported)"
         )
     kinds = sorted({type(v).__name__ for v in values})
     raise PeftlabError(f"label column {column!r} of {source!r} mixes value types ({', '.join(kinds)}); labels must be all integers or all strings")

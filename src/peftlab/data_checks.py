@@ -1,9 +1,9 @@
 """Checks of data files before `datasets` reads them: text encoding, JSON syntax and column names.
 
-`datasets` reads CSV and JSON as UTF-8 and reports a broken file with an
-error that names neither the line nor the fix; a CSV header with a repeated
-name is silently renamed by pandas ("text" and "text.1"). These checks find
-such problems first and name the file, the line and what would be valid.
+`datasets` reads CSV and JSON as UTF-8, and its error for a broken file names
+neither the line nor the fix. pandas renames a repeated CSV column name
+("text" and "text.1") without a warning. These checks find such problems
+first and name the file, the line and what would be valid.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def check_data_files(files: dict[str, list[Path]], kind: str, workdir: Path, not
     """Check every file and return the files to read, with non-UTF-8 text files re-encoded to UTF-8 copies in ``workdir``.
 
     ``kind`` is the `datasets` builder: csv, json or parquet. Notices about
-    re-encoded files are logged as warnings and appended to ``notes``.
+    re-encoded files are appended to ``notes`` and logged, as warnings when
+    the encoding was guessed.
     """
     checked = {}
     for split, paths in files.items():
@@ -132,7 +133,7 @@ def check_json(path: Path, text: str) -> None:
             raise PeftlabError(f"line {number} of data file {str(path)!r} has the key {repeated.key!r} more than once; give every column a unique name") from None
         if not isinstance(row, dict):
             raise PeftlabError(
-                f"line {number} of data file {str(path)!r} holds a JSON {type(row).__name__}, not an object; write one object per line, such as {{\"text\": \"...\", \"label\": 0}}"
+                f"line {number} of data file {str(path)!r} contains a JSON {type(row).__name__}, not an object; write one object per line, such as {{\"text\": \"...\", \"label\": 0}}"
             )
 
 

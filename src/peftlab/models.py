@@ -122,11 +122,11 @@ def check_model_folder(path: Path, allow_pickle: bool = False, trust_remote_code
     if not has_weights:
         pickled = [f for f in PICKLED_WEIGHT_FILES if (path / f).is_file()]
         if pickled and allow_pickle:
-            log.warning("model folder %s holds only pickled weights (%s): loading them because --allow-pickle is given", path, pickled[0])
+            log.warning("model folder %s contains only pickled weights (%s): loading them because --allow-pickle is given", path, pickled[0])
             return
         if pickled:
             raise PeftlabError(
-                f"model folder {str(path)!r} holds only pickled weights ({pickled[0]}); peftlab loads safetensors only: convert it with save_pretrained(safe_serialization=True), or pass --allow-pickle if you trust the file"
+                f"model folder {str(path)!r} contains only pickled weights ({pickled[0]}); peftlab loads safetensors only: convert it with save_pretrained(safe_serialization=True), or pass --allow-pickle if you trust the file"
             )
         raise PeftlabError(f"model folder {str(path)!r} has no weights (model.safetensors); it holds only {one_of(p.name for p in path.iterdir())}")
 
@@ -137,7 +137,7 @@ def _read_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PeftlabError(f"{str(path)!r} is not valid JSON ({error}); save the model again with save_pretrained") from None
     if not isinstance(payload, dict):
-        raise PeftlabError(f"{str(path)!r} holds a JSON {type(payload).__name__}, not an object; save the model again with save_pretrained")
+        raise PeftlabError(f"{str(path)!r} contains a JSON {type(payload).__name__}, not an object; save the model again with save_pretrained")
     return payload
 
 

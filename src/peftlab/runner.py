@@ -14,7 +14,7 @@ import transformers
 from peftlab import __version__
 from peftlab.artifacts import folder_bytes, load_artifact, save_artifact
 from peftlab.checkpoints import (
-    RESULTS_FILE, checkpoint_dir, failure_reason, finished_runs, last_checkpoint, open_out_dir, remove_checkpoints, safe_child, train_resumable,
+    RESULTS_FILE, check_same_data, checkpoint_dir, failure_reason, finished_runs, last_checkpoint, open_out_dir, remove_checkpoints, safe_child, train_resumable,
     write_json_atomic,
 )
 from peftlab.config import RunConfig
@@ -237,7 +237,8 @@ def compare(config: RunConfig, command: str = "compare", quiet: bool = False) ->
     results["out"] = str(out)
     kept = finished_runs(previous)
     if previous is not None:
-        results["created"] = previous["created"]
+        check_same_data(previous, results)
+        results["created"] = previous.get("created", results["created"])
         results["resumed"] = [*previous.get("resumed", []), datetime.now(timezone.utc).isoformat(timespec="seconds")]
     write_json_atomic(out / RESULTS_FILE, results)  # marks the folder as a run from its first moment
     write_config_file(config, out)
