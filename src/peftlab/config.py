@@ -62,7 +62,7 @@ class RunConfig:
     report_to: str = _opt("none", "Experiment tracker for the training logs: none or tensorboard (event files in the run folder's tensorboard/<method>).", "output")
     save_steps: int | None = _opt(None, "Save a training checkpoint every N optimizer steps under the run folder's checkpoints/<method> (weights, optimizer, scheduler, RNG states, data position); only the newest is kept. Default: no checkpoints.", "output")
     resume: bool = _opt(False, "Continue the run in --out: keep the methods that finished and continue the others from their last checkpoint.", "output")
-    overwrite: bool = _opt(False, "Replace the run that --out holds: delete its results, reports, checkpoints and method folders first.", "output")
+    overwrite: bool = _opt(False, "Replace the run in --out: delete its results, reports, checkpoints and method folders first.", "output")
 
     # -- safety -----------------------------------------------------------------
     allow_pickle: bool = _opt(False, "Also load model weights stored as pickles (pytorch_model.bin). Unpickling a file from an untrusted source can run code.", "safety")
