@@ -267,6 +267,11 @@ def train_resumable(trainer: Trainer, method: str, resume_from: Path | None):
 
     Raises RunInterrupted after Ctrl-C, once the checkpoint is saved, and
     MethodFailed when the loss diverged.
+
+    NOTE: the Trainer does not checkpoint the loss summed since its last
+    logging step. When a checkpoint step is not a logging step, the first loss
+    logged after a resume averages fewer steps than in an uninterrupted run.
+    The weights, and so the metrics, are the same.
     """
     divergence = StopOnNonFiniteLoss()
     interrupt = StopOnInterrupt()
