@@ -27,7 +27,8 @@ def test_every_field_has_a_file_key(tmp_path):
         "validation-fraction": 0.2, "max_length": 64, "methods": ["head", "lora"], "lora-r": 4, "lora_alpha": 8,
         "lora-dropout": 0.1, "target_modules": "query,value", "method-args": {"use_dora": True}, "epochs": 2,
         "max-steps": 5, "lr": "1e-3", "batch_size": 8, "eval-batch-size": 16, "weight_decay": 0.01,
-        "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard",
+        "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard", "save-steps": 10, "resume": True,
+        "overwrite": False, "allow-pickle": True, "trust_remote_code": False,
     }
     keys = {key.replace("-", "_") for key in values}
     assert keys == {f.name for f in config_fields()}  # this test lists every RunConfig field
@@ -43,6 +44,10 @@ def test_every_field_has_a_file_key(tmp_path):
     assert config.epochs == 2.0
     assert config.max_steps == 5
     assert config.report_to == "tensorboard"
+    assert config.save_steps == 10
+    assert config.resume is True
+    assert config.overwrite is False
+    assert config.allow_pickle is True
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):
