@@ -53,3 +53,23 @@ def small_csv_data(tmp_path) -> Path:
     (folder / "train.csv").write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in train))
     (folder / "test.csv").write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama causal LM with SmolLM2's tokenizer (and chat template), saved as a model folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peftlab.models import load_tokenizer, resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = load_tokenizer(resolve_model("smollm2"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

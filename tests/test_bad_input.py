@@ -67,7 +67,7 @@ def _corrupt_previous_run(folder) -> str:
 def _default_config(model):
     from peftlab import RunConfig
 
-    return json.loads(json.dumps(RunConfig(model=str(model)).to_dict()))
+    return json.loads(json.dumps(RunConfig(model=str(model), task="seq-cls").to_dict()))  # as prepare resolves it
 
 
 def _adapter_artifact(folder, base, **meta_changes):
@@ -230,7 +230,7 @@ CASES = {
     ),
     "hub model while offline": lambda d, m: (
         ["compare", "--model", "some-org/some-model"],
-        "error: could not load model 'some-org/some-model' from the Hugging Face hub: HF_HUB_OFFLINE is set and it is not in the local cache; pass a local folder or an alias (minilm)",
+        "error: could not load model 'some-org/some-model' from the Hugging Face hub: HF_HUB_OFFLINE is set and it is not in the local cache; pass a local folder or an alias (minilm, smollm2)",
     ),
     "hub data set while offline": lambda d, m: (
         ["compare", "--data", "some-org/some-data"],

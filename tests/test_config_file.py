@@ -27,7 +27,9 @@ def test_every_field_has_a_file_key(tmp_path):
         "validation-fraction": 0.2, "max_length": 64, "methods": ["head", "lora"], "lora-r": 4, "lora_alpha": 8,
         "lora-dropout": 0.1, "target_modules": "query,value", "method-args": {"use_dora": True}, "epochs": 2,
         "max-steps": 5, "lr": "1e-3", "batch_size": 8, "eval-batch-size": 16, "weight_decay": 0.01,
-        "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard", "save-steps": 10, "resume": True,
+        "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard",
+        "task": "causal-lm", "prompt-column": "question", "response_column": "answer", "prompt-template": "Q: {text}",
+        "answer-match": "number", "max_new_tokens": 32, "max-eval-samples": 100, "save-steps": 10, "resume": True,
         "overwrite": False, "allow-pickle": True, "trust_remote_code": False,
     }
     keys = {key.replace("-", "_") for key in values}
@@ -48,6 +50,7 @@ def test_every_field_has_a_file_key(tmp_path):
     assert config.resume is True
     assert config.overwrite is False
     assert config.allow_pickle is True
+    assert (config.task, config.prompt_template, config.answer_match, config.max_new_tokens) == ("causal-lm", "Q: {text}", "number", 32)
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):
@@ -56,7 +59,7 @@ def test_unknown_key_lists_valid_ones(tmp_path):
         read_config_file(path)
     message = str(error.value)
     assert message.startswith("unknown key 'learning_rate' in config file")
-    assert "valid keys are model, data, text_column" in message
+    assert "valid keys are model, task, data, text_column" in message
     assert "lr" in message.split("valid keys are ")[1].split(", ")
     assert "\n" not in message
 

@@ -339,7 +339,7 @@ def _bad_input_cases(tmp_path):
         "unparsable device memory": (["params", "--model", str(llama), "--memory", "--device-memory", "lots"], "invalid --device-memory 'lots'; pass a size such as 24GB"),
         "memory option without --memory": (["params", "--model", str(llama), "--dtype", "bf16"], "--dtype sets the memory estimate: add --memory"),
         "zero batch size": (["params", "--model", str(llama), "--memory", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-        "task on a loaded model": (["params", "--model", "minilm", "--task", "causal-lm"], "add --config-only to count it from its config"),
+        "task on a loaded model": (["params", "--model", "minilm", "--task", "seq2seq-lm"], "add --config-only to count it from its config"),
         "head on a causal LM": (["params", "--model", str(llama), "--method", "head"], "method 'head' does not support the task 'causal-lm'"),
         "hub id offline": (["params", "--model", "org/some-model", "--config-only"], "could not load model 'org/some-model' from the Hugging Face hub"),
     }

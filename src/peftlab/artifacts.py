@@ -21,7 +21,9 @@ from peft import PeftModel
 from peftlab import __version__
 from peftlab.errors import PeftlabError
 from peftlab.model_card import model_card
-from peftlab.models import ModelSource, check_model_folder, load_classifier, load_config, load_tokenizer, resolve_model
+from peftlab.models import (
+    ModelSource, check_model_folder, load_causal_lm, load_classifier, load_config, load_tokenizer, prepare_tokenizer_for_lm, resolve_model,
+)
 
 META_FILE = "peftlab.json"
 CARD_FILE = "README.md"
@@ -116,11 +118,16 @@ def load_artifact(folder: str | Path, allow_pickle: bool = False) -> LoadedArtif
     """Load a saved artifact for evaluation or prediction, in eval mode; pickled weights only with ``allow_pickle``."""
     folder = Path(folder)
     meta = read_meta(folder)
+    causal = meta.get("task") == "causal-lm"
+
+    def load_base(source: ModelSource):
+        return load_causal_lm(source, meta.get("seed", 0)) if causal else load_classifier(source, meta["label_names"], meta.get("seed", 0))
+
     if meta.get("adapter"):
         _check_adapter_weights(folder, allow_pickle)
         source = _base_source(meta)
         check_adapter_base(folder, meta, source)
-        loaded = load_classifier(source, meta["label_names"], meta.get("seed", 0))
+        loaded = load_base(source)
         # peft 0.21's AdaLoRA loaded for inference fails on any forward with labels (it looks up
         # trainable_adapter_name, set only for training), and evaluation passes labels.
         adalora = (_adapter_config(folder) or {}).get("peft_type") == "ADALORA"
@@ -133,9 +140,10 @@ def load_artifact(folder: str | Path, allow_pickle: bool = False) -> LoadedArtif
     else:
         check_model_folder(folder, allow_pickle)
         local = ModelSource(name=str(folder), path=str(folder), kind="local", allow_pickle=allow_pickle)
-        loaded = load_classifier(local, meta["label_names"], meta.get("seed", 0))
-        model = loaded.model
+        model = load_base(local).model
         tokenizer = load_tokenizer(local)
+    if causal:
+        prepare_tokenizer_for_lm(tokenizer)
     model.eval()
     return LoadedArtifact(model, tokenizer, meta, folder)
 

@@ -6,6 +6,9 @@
     peftlab params --model minilm --method lora --json
     peftlab eval runs/lora/lora --data path/to/sst2
     peftlab predict runs/lora/lora "a gripping, funny film"
+    peftlab compare --model smollm2 --data ../shared/data/sst2 --label-names negative,positive --methods lora --max-steps 150
+    peftlab generate runs/lora/lora "Name three colours."
+    peftlab merge runs/lora/lora --out merged-model
 """
 
 from __future__ import annotations
@@ -183,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+", metavar="TEXT", help="Texts to classify.")
     predict.add_argument("--json", action="store_true", help="Print JSON lines instead of a table.")
 
+    generate = commands.add_parser("generate", help="Answer prompts with a language-model artifact (greedy, through its chat template).")
+    generate.add_argument("artifact", metavar="ARTIFACT_DIR", help="A method folder of a causal-lm run, or a folder written by merge.")
+    generate.add_argument("prompts", nargs="+", metavar="PROMPT", help="Prompts to answer.")
+    generate.add_argument("--max-new-tokens", type=int, help="Tokens to generate per prompt (default: the run's, at least 64).")
+    generate.add_argument("--json", action="store_true", help="Print JSON lines instead of text.")
+
+    merge = commands.add_parser("merge", help="Merge an adapter into its base model and save a plain transformers model folder.")
+    merge.add_argument("artifact", metavar="ARTIFACT_DIR", help="An adapter folder written by train or compare.")
+    merge.add_argument("--out", required=True, help="New folder for the merged model (safetensors, config, tokenizer).")
+
     commands.add_parser("methods", help="List the methods with their default learning rates and options.")
 
     report = commands.add_parser("report", help="Render results.csv, report.md, report.html and the charts of a run folder again from its results.json.")
@@ -259,9 +272,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if all(run["status"] in ("ok", "skipped") for run in results["runs"]) else 1
     if args.command == "params":
         args.methods = args.method
+        task, args.task = args.task, None  # params also counts seq2seq-lm from configs, which RunConfig.task does not train
         config = _config_from(args)
         memory = _memory_setup(args)
-        reports = runner.count_params(config=config, num_labels=args.num_labels, task=args.task, config_only=args.config_only, memory=memory)
+        reports = runner.count_params(config=config, num_labels=args.num_labels, task=task, config_only=args.config_only, memory=memory)
         if args.json:
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
         else:
@@ -276,15 +290,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         metrics = runner.evaluate_artifact(args.artifact, args.data, quiet=args.quiet or args.json)
+        shown = [k for k in ("accuracy", "f1_macro", "exact_match", "loss", "perplexity") if k in metrics]
         if args.json:
-            print(json.dumps({k: metrics[k] for k in ("accuracy", "f1_macro", "loss")}))
+            print(json.dumps({k: metrics[k] for k in shown}))
         else:
-            print(f"{metrics['data']} ({metrics['split']}): accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}, loss {metrics['loss']:.4f}")
+            names = {"f1_macro": "macro-F1", "exact_match": "exact match"}
+            print(f"{metrics['data']} ({metrics['split']}): " + ", ".join(f"{names.get(k, k)} {metrics[k]:.4f}" for k in shown))
         return 0
     if args.command == "predict":
         predictions = runner.predict(args.artifact, args.texts)
         for p in predictions:
-            print(json.dumps(p) if args.json else f"{p['label']}\t{p['probability']:.4f}\t{p['text']}")
+            if args.json:
+                print(json.dumps(p))
+            elif "probability" in p:
+                print(f"{p['label']}\t{p['probability']:.4f}\t{p['text']}")
+            else:  # a language model's answer, which may not be one of the labels
+                print(f"{p['label'] or '(no label: ' + repr(p['answer']) + ')'}\t{p['text']}")
+        return 0
+    if args.command == "generate":
+        for answer in runner.generate(args.artifact, args.prompts, args.max_new_tokens, quiet=args.quiet):
+            print(json.dumps(answer) if args.json else f"> {answer['prompt']}\n{answer['response']}\n")
+        return 0
+    if args.command == "merge":
+        folder = runner.merge(args.artifact, args.out)
+        print(f"merged model: {folder} (load it with from_pretrained)")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -14,6 +14,12 @@ from typing import Any
 from peftlab.errors import PeftlabError
 
 DEFAULT_METHODS = ("full", "head", "lora")
+# Tasks: a classifier with a new head, or a language model trained on prompts and responses or plain text.
+TASKS = ("seq-cls", "causal-lm")
+# How a generated answer is compared with the reference (causal-lm evaluation).
+ANSWER_MATCHES = ("auto", "exact", "number", "none")
+# Per-device training batch size when --batch-size is not given, by task.
+DEFAULT_BATCH_SIZE = {"seq-cls": 32, "causal-lm": 8}
 # Trackers peftlab passes to TrainingArguments.report_to. tensorboard is a dependency, so it works offline.
 REPORT_TO = ("none", "tensorboard")
 
@@ -31,13 +37,22 @@ class RunConfig:
     """Settings of one train or compare run."""
 
     # -- model and data ---------------------------------------------------------
-    model: str = _opt("minilm", "Model: a built-in alias (minilm), a local model folder or a Hugging Face hub id.", "model and data")
+    model: str = _opt("minilm", "Model: a built-in alias (minilm, smollm2), a local model folder or a Hugging Face hub id.", "model and data")
+    task: str | None = _opt(None, "seq-cls (a classifier with a new head) or causal-lm (a language model trained on responses or plain text). Default: from the model (causal-lm for a *ForCausalLM checkpoint).", "model and data")
     data: str | None = _opt(None, "Data: a folder of split files, a single .csv/.tsv/.json/.jsonl/.parquet file, or a hub data set name (name or name:config). Default: the built-in demo data.", "model and data")
     text_column: str | None = _opt(None, "Column that holds the input text. Default: found by common names (text, sentence, ...).", "model and data")
     label_column: str | None = _opt(None, "Column that holds the label. Default: found by common names (label, labels, class, ...).", "model and data")
     label_names: list[str] | None = _opt(None, "Names of integer labels 0, 1, ..., comma-separated (for example negative,positive).", "model and data")
     validation_fraction: float = _opt(0.1, "Share of train carved out as validation when the data has no validation split.", "model and data")
-    max_length: int = _opt(128, "Maximum tokens per input; longer texts are truncated.", "model and data")
+    max_length: int = _opt(128, "Maximum tokens per input (causal-lm: per prompt with its response, or per block of plain text); longer texts are truncated.", "model and data")
+
+    # -- language models (causal-lm) ----------------------------------------------
+    prompt_column: str | None = _opt(None, "Column with the prompt of prompt/response data. Default: found by common names (prompt, instruction, question, ...).", "language models")
+    response_column: str | None = _opt(None, "Column with the response of prompt/response data. Default: found by common names (response, completion, output, answer, ...).", "language models")
+    prompt_template: str | None = _opt(None, "Prompt for labelled data used with a language model: {text} is the input, {labels} the label names joined by ', '. Default: a question that asks for one of the labels.", "language models")
+    answer_match: str = _opt("auto", "How a generated answer is scored: exact (the whole answer), number (the number after ####, else the last number), none, or auto (label data: exact; prompt/response data: exact when every reference is at most 16 tokens, else none).", "language models")
+    max_new_tokens: int | None = _opt(None, "Tokens to generate per prompt when scoring answers. Default: the longest reference answer plus 4.", "language models")
+    max_eval_samples: int | None = _opt(None, "Evaluate on the first N rows of the evaluation and validation splits only (causal-lm generation is slow on a CPU).", "language models")
 
     # -- method -----------------------------------------------------------------
     methods: list[str] = _opt(list(DEFAULT_METHODS), "Methods to run, comma-separated (see `peftlab methods`).", "method")
@@ -51,7 +66,7 @@ class RunConfig:
     epochs: float = _opt(3.0, "Training epochs (ignored when --max-steps is given).", "training")
     max_steps: int | None = _opt(None, "Training steps; overrides --epochs.", "training")
     lr: float | None = _opt(None, "Learning rate. Default: the method's own (see `peftlab methods`).", "training")
-    batch_size: int = _opt(32, "Training batch size per device.", "training")
+    batch_size: int | None = _opt(None, "Training batch size per device. Default: 32 for seq-cls, 8 for causal-lm.", "training")
     eval_batch_size: int | None = _opt(None, "Evaluation batch size. Default: twice the training batch size.", "training")
     weight_decay: float = _opt(0.0, "AdamW weight decay.", "training")
     warmup_ratio: float = _opt(0.06, "Share of training steps with linear learning-rate warm-up.", "training")
@@ -76,7 +91,17 @@ class RunConfig:
         if not self.methods:
             raise PeftlabError("no method given: pass at least one, for example --methods lora")
         _positive_int("max_length", self.max_length)
-        _positive_int("batch_size", self.batch_size)
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        for name in ("max_new_tokens", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.task is not None and self.task not in TASKS:
+            raise PeftlabError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.answer_match not in ANSWER_MATCHES:
+            raise PeftlabError(f"--answer-match must be one of {', '.join(ANSWER_MATCHES)}, got {self.answer_match!r}")
+        if self.prompt_template is not None and "{text}" not in self.prompt_template:
+            raise PeftlabError(f"--prompt-template must contain {{text}}, where the input goes; got {self.prompt_template!r}")
         if self.eval_batch_size is not None:
             _positive_int("eval_batch_size", self.eval_batch_size)
         if self.max_steps is not None:
@@ -101,8 +126,12 @@ class RunConfig:
             raise PeftlabError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
 
     @property
+    def resolved_batch_size(self) -> int:
+        return self.batch_size or DEFAULT_BATCH_SIZE[self.task or "seq-cls"]
+
+    @property
     def resolved_eval_batch_size(self) -> int:
-        return self.eval_batch_size or 2 * self.batch_size
+        return self.eval_batch_size or 2 * self.resolved_batch_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

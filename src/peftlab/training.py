@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch
 import transformers
 from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from peftlab.config import RunConfig
@@ -64,7 +65,7 @@ def classification_metrics(eval_pred) -> dict[str, float]:
 def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bool) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=config.resolved_batch_size,
         per_device_eval_batch_size=config.resolved_eval_batch_size,
         learning_rate=lr,
         num_train_epochs=config.epochs,
@@ -88,6 +89,8 @@ def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bo
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=quiet,
         dataloader_num_workers=0,
+        # A language model's logits (batch x length x vocabulary) are not needed after the loss: keeping them costs minutes.
+        prediction_loss_only=config.task == "causal-lm",
     )
 
 
@@ -98,14 +101,16 @@ class _ProgressBar(ProgressCallback):
         pass
 
 
-def make_trainer(model, tokenizer, args: TrainingArguments, train_dataset: Dataset | None = None) -> Trainer:
+def make_trainer(model, tokenizer, args: TrainingArguments, train_dataset: Dataset | None = None, task: str = "seq-cls") -> Trainer:
+    """A Trainer for ``task``: classifiers get accuracy and macro-F1; language models pad their labels with -100 and report the loss."""
+    causal = task == "causal-lm"
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100) if causal else DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=classification_metrics,
+        compute_metrics=None if causal else classification_metrics,
     )
     # The Trainer prints every log dict (PrinterCallback, or ProgressCallback with a bar);
     # the losses go to results.json instead, so keep only the bar. In Jupyter the Trainer
@@ -138,6 +143,27 @@ def evaluate(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
         "f1_macro": metrics["eval_f1_macro"],
         "loss": metrics["eval_loss"],
     }
+
+
+def evaluate_lm(trainer: Trainer, tokenized, split: str, match: str, max_new_tokens: int, quiet: bool = False, examples: int = 3):
+    """Return loss, perplexity and (unless ``match`` is none) exact match of greedy answers on ``split``, with a few examples.
+
+    The loss is the Trainer's: the mean over evaluation batches of each batch's mean token loss,
+    counting only response tokens (all tokens for plain text). Perplexity is exp(loss).
+    """
+    loss = trainer.evaluate(tokenized.splits[split], metric_key_prefix="eval")["eval_loss"]
+    metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+    shown = []
+    if match != "none" and split in tokenized.prompts:
+        from peftlab.generation import exact_match, generate_batched
+
+        prompts, references = tokenized.prompts[split], tokenized.references[split]
+        generated = generate_batched(
+            trainer.model, trainer.processing_class, prompts, max_new_tokens, trainer.args.per_device_eval_batch_size, f"generating ({split})", quiet
+        )
+        metrics["exact_match"] = exact_match(generated, references, match)
+        shown = [{"reference": r, "generated": g} for r, g in zip(references[:examples], generated[:examples])]
+    return metrics, shown
 
 
 # ---------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class Method:
 
     name: str
     summary: str
-    default_lr: float
+    default_lr: float  # for seq-cls, and for other tasks unless task_lr names them
     apply: Callable[[nn.Module, MethodContext], nn.Module]  # returns the model to train
     saves_adapter: bool  # True: the artifact is a peft adapter folder; False: a full model folder
     tasks: frozenset[str] = frozenset({"seq-cls"})
@@ -68,6 +68,11 @@ class Method:
     callbacks: tuple[Callable[[MethodContext], Any], ...] = ()
     # Writes the adapter folder when model.save_pretrained alone would not reload onto the original base model.
     save: Callable[[nn.Module, MethodContext, Path], None] | None = None
+    task_lr: dict[str, float] = field(default_factory=dict)  # default learning rate per task where it differs from default_lr
+
+    def lr_for(self, task: str) -> float:
+        """The default learning rate of this method for ``task``."""
+        return self.task_lr.get(task, self.default_lr)
 
     def check_applies(self, model: nn.Module, ctx: MethodContext) -> None:
         """Raise PeftlabError, with the reason and the alternatives, when this method cannot train ``model`` for ``ctx.task``."""
