@@ -139,7 +139,9 @@ def _load_text_classification(data, text_column, label_column, label_names, vali
 # Reading files and hub data sets
 
 
-def _load_raw(data: str | None, notes: list[str]) -> DatasetDict:
+def _load_raw(data: str | None, notes: list[str] | None = None) -> DatasetDict:
+    """Read ``data`` into a DatasetDict; notices about re-encoded files are appended to ``notes`` when given."""
+    notes = [] if notes is None else notes
     if data is None:
         return _load_files({"train": [DEMO_DATA / "train.csv"], "test": [DEMO_DATA / "test.csv"]}, DEMO_NAME, notes)
     path = Path(data).expanduser()
