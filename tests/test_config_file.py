@@ -29,7 +29,8 @@ def test_every_field_has_a_file_key(tmp_path):
         "max-steps": 5, "lr": "1e-3", "batch_size": 8, "eval-batch-size": 16, "weight_decay": 0.01,
         "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard",
         "task": "causal-lm", "prompt-column": "question", "response_column": "answer", "prompt-template": "Q: {text}",
-        "answer-match": "number", "max_new_tokens": 32, "max-eval-samples": 100,
+        "answer-match": "number", "max_new_tokens": 32, "max-eval-samples": 100, "save-steps": 10, "resume": True,
+        "overwrite": False, "allow-pickle": True, "trust_remote_code": False,
     }
     keys = {key.replace("-", "_") for key in values}
     assert keys == {f.name for f in config_fields()}  # this test lists every RunConfig field
@@ -45,6 +46,10 @@ def test_every_field_has_a_file_key(tmp_path):
     assert config.epochs == 2.0
     assert config.max_steps == 5
     assert config.report_to == "tensorboard"
+    assert config.save_steps == 10
+    assert config.resume is True
+    assert config.overwrite is False
+    assert config.allow_pickle is True
     assert (config.task, config.prompt_template, config.answer_match, config.max_new_tokens) == ("causal-lm", "Q: {text}", "number", 32)
 
 

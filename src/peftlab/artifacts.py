@@ -21,10 +21,14 @@ from peft import PeftModel
 from peftlab import __version__
 from peftlab.errors import PeftlabError
 from peftlab.model_card import model_card
-from peftlab.models import ModelSource, load_causal_lm, load_classifier, load_tokenizer, prepare_tokenizer_for_lm, resolve_model
+from peftlab.models import (
+    ModelSource, check_model_folder, load_causal_lm, load_classifier, load_config, load_tokenizer, prepare_tokenizer_for_lm, resolve_model,
+)
 
 META_FILE = "peftlab.json"
 CARD_FILE = "README.md"
+# Config values that must match between the base model an adapter was trained on and the one it is loaded onto.
+BASE_CONFIG_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -40,6 +44,8 @@ def save_artifact(model, tokenizer, folder: Path, meta: dict, adapter: bool, sav
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
+    if adapter:
+        meta = {**meta, "base_config": base_config_summary(model.config)}
     (save_weights or model.save_pretrained)(tmp)
     if not adapter:
         tokenizer.save_pretrained(tmp)
@@ -50,6 +56,40 @@ def save_artifact(model, tokenizer, folder: Path, meta: dict, adapter: bool, sav
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder_bytes(folder)
+
+
+def base_config_summary(config) -> dict:
+    """Return the values of BASE_CONFIG_KEYS that ``config`` has: enough to tell two base models apart before loading."""
+    return {key: getattr(config, key) for key in BASE_CONFIG_KEYS if getattr(config, key, None) is not None}
+
+
+def check_adapter_base(folder: Path, meta: dict, source: ModelSource) -> None:
+    """Reject an adapter whose recorded base model config differs from the base model found now, before loading weights.
+
+    Artifacts written before peftlab recorded ``base_config`` are not checked.
+    """
+    recorded = meta.get("base_config")
+    if not recorded:
+        return
+    current = base_config_summary(load_config(source))
+    for key, value in recorded.items():
+        if current.get(key) != value:
+            raise PeftlabError(
+                f"adapter {str(folder)!r} was trained on a base model with {key} {value!r}, but its base model {source.name!r} ({source.path}) has {key} "
+                f"{current.get(key)!r}; restore the base model it was trained on, or train the adapter again"
+            )
+
+
+def _check_adapter_weights(folder: Path, allow_pickle: bool) -> None:
+    if (folder / "adapter_model.safetensors").is_file():
+        return
+    if (folder / "adapter_model.bin").is_file():
+        if allow_pickle:
+            return
+        raise PeftlabError(
+            f"adapter {str(folder)!r} contains only pickled weights (adapter_model.bin); peftlab loads safetensors only: save the adapter again with save_pretrained, which writes safetensors"
+        )
+    raise PeftlabError(f"adapter {str(folder)!r} has no weights (adapter_model.safetensors); pass a method folder that train or compare wrote")
 
 
 def _adapter_config(folder: Path) -> dict | None:
@@ -74,8 +114,8 @@ def read_meta(folder: Path) -> dict:
     return json.loads(meta_path.read_text())
 
 
-def load_artifact(folder: str | Path) -> LoadedArtifact:
-    """Load a saved artifact for evaluation or prediction, in eval mode."""
+def load_artifact(folder: str | Path, allow_pickle: bool = False) -> LoadedArtifact:
+    """Load a saved artifact for evaluation or prediction, in eval mode; pickled weights only with ``allow_pickle``."""
     folder = Path(folder)
     meta = read_meta(folder)
     causal = meta.get("task") == "causal-lm"
@@ -84,7 +124,9 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
         return load_causal_lm(source, meta.get("seed", 0)) if causal else load_classifier(source, meta["label_names"], meta.get("seed", 0))
 
     if meta.get("adapter"):
+        _check_adapter_weights(folder, allow_pickle)
         source = _base_source(meta)
+        check_adapter_base(folder, meta, source)
         loaded = load_base(source)
         # peft 0.21's AdaLoRA loaded for inference fails on any forward with labels (it looks up
         # trainable_adapter_name, set only for training), and evaluation passes labels.
@@ -96,7 +138,8 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
             model = PeftModel.from_pretrained(loaded.model, folder, is_trainable=adalora)
         tokenizer = load_tokenizer(source)
     else:
-        local = ModelSource(name=str(folder), path=str(folder), kind="local")
+        check_model_folder(folder, allow_pickle)
+        local = ModelSource(name=str(folder), path=str(folder), kind="local", allow_pickle=allow_pickle)
         model = load_base(local).model
         tokenizer = load_tokenizer(local)
     if causal:

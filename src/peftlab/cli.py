@@ -24,7 +24,7 @@ import warnings
 from peftlab import __version__
 from peftlab.config import RunConfig, config_fields
 from peftlab.config_file import read_config_file
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, RunInterrupted
 
 log = logging.getLogger("peftlab")
 
@@ -65,8 +65,10 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: set[str] = frozen
         kind = str(f.type).replace(" | None", "")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(default) if isinstance(default, list) else default
-        help_text = f.metadata["help"] + ("" if default in (None, {}) else f" (default: {shown})")
-        if kind == "list[str]":
+        help_text = f.metadata["help"] + ("" if default in (None, {}) or kind == "bool" else f" (default: {shown})")
+        if kind == "bool":
+            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif kind == "list[str]":
             group.add_argument(flag, type=_split_list, default=argparse.SUPPRESS, metavar="A,B", help=help_text)
         elif kind.startswith("dict"):
             group.add_argument("--method-arg", dest=f.name, type=_key_value, action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE", help=help_text)
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeftlabError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except RunInterrupted as stop:
+        print(f"interrupted: {stop}; to continue, run the same command again with --resume --out {stop.out}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

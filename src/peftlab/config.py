@@ -75,6 +75,13 @@ class RunConfig:
     # -- output -----------------------------------------------------------------
     out: str | None = _opt(None, "Output folder. Default: a new timestamped folder under runs/.", "output")
     report_to: str = _opt("none", "Experiment tracker for the training logs: none or tensorboard (event files in the run folder's tensorboard/<method>).", "output")
+    save_steps: int | None = _opt(None, "Save a training checkpoint every N optimizer steps under the run folder's checkpoints/<method> (weights, optimizer, scheduler, RNG states, data position); only the newest is kept. Default: no checkpoints.", "output")
+    resume: bool = _opt(False, "Continue the run in --out: keep the methods that finished and continue the others from their last checkpoint.", "output")
+    overwrite: bool = _opt(False, "Replace the run in --out: delete its results, reports, checkpoints and method folders first.", "output")
+
+    # -- safety -----------------------------------------------------------------
+    allow_pickle: bool = _opt(False, "Also load model weights stored as pickles (pytorch_model.bin). Unpickling a file from an untrusted source can run code.", "safety")
+    trust_remote_code: bool = _opt(False, "Run the Python code that a model folder or hub repository ships (transformers' trust_remote_code). Only for models you trust.", "safety")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +120,8 @@ class RunConfig:
             raise PeftlabError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
             raise PeftlabError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if self.save_steps is not None:
+            _positive_int("save_steps", self.save_steps)
         if self.report_to not in REPORT_TO:
             raise PeftlabError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
 

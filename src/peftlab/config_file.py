@@ -68,6 +68,8 @@ def write_config_file(config: RunConfig, folder: str | Path) -> Path:
     """
     settings = config.to_dict()
     settings.pop("out", None)
+    settings.pop("resume", None)  # a repeat is a new run, not a continuation of this folder
+    settings.pop("overwrite", None)
     for key in ("data", "model"):
         value = settings.get(key)
         if value and Path(value).expanduser().exists():
@@ -104,6 +106,10 @@ def _convert(field: dataclasses.Field, value: Any, path: Path) -> Any:
         if not isinstance(value, dict):
             raise PeftlabError(f"{where} must be a mapping of option names to values, got {value!r}")
         return {str(key): item for key, item in value.items()}
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise PeftlabError(f"{where} must be true or false, got {value!r}")
+        return value
     if isinstance(value, bool) or isinstance(value, (list, dict)):
         raise PeftlabError(f"{where} must be {_type_name(kind)}, got {value!r}")
     if kind == "int":

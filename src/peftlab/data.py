@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 from datasets import ClassLabel, DatasetDict
 
+from peftlab.data_checks import check_data_files
 from peftlab.errors import PeftlabError, one_of
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,8 @@ def load_text_classification(
 
 def _load_text_classification(data, text_column, label_column, label_names, validation_fraction, seed) -> TextClassificationData:
     source = DEMO_NAME if data is None else data
-    raw = _load_raw(data)
     notes: list[str] = []
+    raw = _load_raw(data, notes)
     for name in list(raw):
         if name not in SPLIT_FILE_NAMES:
             raise PeftlabError(f"data {source!r} has a split named {name!r}; valid split names are {one_of(SPLIT_FILE_NAMES)}")
@@ -85,6 +87,7 @@ def _load_text_classification(data, text_column, label_column, label_names, vali
     columns = raw["train"].column_names
     text_column = _pick_column("text", text_column, TEXT_COLUMNS, columns, source)
     label_column = _pick_column("label", label_column, LABEL_COLUMNS, columns, source)
+    _check_column_types(raw, text_column, label_column, source)
     for name, split in raw.items():
         missing = [c for c in (text_column, label_column) if c not in split.column_names]
         if missing:
@@ -136,16 +139,18 @@ def _load_text_classification(data, text_column, label_column, label_names, vali
 # Reading files and hub data sets
 
 
-def _load_raw(data: str | None) -> DatasetDict:
+def _load_raw(data: str | None, notes: list[str] | None = None) -> DatasetDict:
+    """Read ``data`` into a DatasetDict; notices about re-encoded files are appended to ``notes`` when given."""
+    notes = [] if notes is None else notes
     if data is None:
-        return _load_files({"train": [DEMO_DATA / "train.csv"], "test": [DEMO_DATA / "test.csv"]}, DEMO_NAME)
+        return _load_files({"train": [DEMO_DATA / "train.csv"], "test": [DEMO_DATA / "test.csv"]}, DEMO_NAME, notes)
     path = Path(data).expanduser()
     if path.is_dir():
-        return _load_files(_split_files(path), data)
+        return _load_files(_split_files(path), data, notes)
     if path.is_file():
         if path.suffix.lower() not in EXTENSIONS:
             raise PeftlabError(f"unsupported data file type {path.suffix!r} for {data!r}; valid types are {one_of(EXTENSIONS)}")
-        return _load_files({"train": [path]}, data)
+        return _load_files({"train": [path]}, data, notes)
     if data.startswith((".", "/", "~")) or path.suffix.lower() in EXTENSIONS or data.count("/") > 1:
         raise PeftlabError(f"data path not found: {data!r}; pass an existing folder or file, or a hub data set name")
     return _load_hub(data)
@@ -168,7 +173,7 @@ def _split_files(folder: Path) -> dict[str, list[Path]]:
     return files
 
 
-def _load_files(files: dict[str, list[Path]], source: str) -> DatasetDict:
+def _load_files(files: dict[str, list[Path]], source: str, notes: list[str]) -> DatasetDict:
     kinds = {EXTENSIONS[p.suffix.lower()] for paths in files.values() for p in paths}
     if len(kinds) > 1:
         raise PeftlabError(f"data {source!r} mixes file types ({one_of(kinds)}); use one type for all splits")
@@ -180,9 +185,15 @@ def _load_files(files: dict[str, list[Path]], source: str) -> DatasetDict:
     kwargs = {}
     if kind == "csv" and all(p.suffix.lower() == ".tsv" for paths in files.values() for p in paths):
         kwargs["delimiter"] = "\t"
-    data_files = {split: [str(p) for p in paths] for split, paths in files.items()}
+    # Files that are not UTF-8 are read from UTF-8 copies in a temporary folder, deleted once
+    # datasets has converted them to Arrow in its cache.
     try:
-        return datasets.load_dataset(kind, data_files=data_files, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="peftlab-data-") as workdir, _local_read():
+            files = check_data_files(files, kind, Path(workdir), notes)
+            data_files = {split: [str(p) for p in paths] for split, paths in files.items()}
+            return datasets.load_dataset(kind, data_files=data_files, **kwargs)
+    except PeftlabError:
+        raise
     except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
         cause = error.__cause__ or error
         if "corresponds to no data" in str(cause):
@@ -204,6 +215,26 @@ def _load_hub(name: str) -> DatasetDict:
         canonical = next((key for key, names in SPLIT_FILE_NAMES.items() if split in names), split)
         renamed[canonical] = dataset
     return DatasetDict(renamed)
+
+
+class _local_read:
+    """Settings of datasets while it reads local files.
+
+    datasets 5.2 sends a HEAD request to its S3 bucket to count downloads of
+    the csv, json and parquet builders unless HF_UPDATE_DOWNLOAD_COUNTS is off,
+    so reading a local file would reach the network. Its log record before a
+    read error is silenced too, because peftlab reports the error in one line.
+    """
+
+    def __enter__(self):
+        self.level = datasets.logging.get_verbosity()
+        self.counts = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
+        datasets.logging.set_verbosity(logging.CRITICAL)
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+
+    def __exit__(self, *exc):
+        datasets.logging.set_verbosity(self.level)
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = self.counts
 
 
 class quiet_datasets:
@@ -234,6 +265,34 @@ def _pick_column(kind: str, given: str | None, candidates, columns: list[str], s
     raise PeftlabError(
         f"no {kind} column found in {source!r} (columns: {one_of(columns)}); name it with --{kind}-column, or use one of the common names {', '.join(candidates[:4])}"
     )
+
+
+TEXT_DTYPES = ("string", "large_string", "null")  # null: a column with no values at all, reported as blank rows
+LABEL_DTYPE_PREFIXES = ("int", "uint", "float", "bool", "string", "large_string", "null")
+
+
+def _check_column_types(raw: DatasetDict, text_column: str, label_column: str, source: str) -> None:
+    """Reject a text column that does not hold strings and a label column of lists or records, in any split."""
+    for name, split in raw.items():
+        text_feature = split.features[text_column]
+        if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in TEXT_DTYPES):
+            raise PeftlabError(
+                f"text column {text_column!r} of the {name} split of {source!r} contains {_feature_name(text_feature)} values, not text; "
+                f"name the column with the texts with --text-column (columns: {one_of(split.column_names)})"
+            )
+        label_feature = split.features[label_column]
+        if isinstance(label_feature, ClassLabel) or type(label_feature).__name__ == "Json":
+            continue  # Json: a JSON column of mixed types, which _encode_labels reports by the types it finds
+        if not (isinstance(label_feature, datasets.Value) and label_feature.dtype.startswith(LABEL_DTYPE_PREFIXES)):
+            raise PeftlabError(
+                f"label column {label_column!r} of the {name} split of {source!r} contains {_feature_name(label_feature)} values; labels must be integers 0, 1, ... or names, one per row"
+            )
+
+
+def _feature_name(feature) -> str:
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    return "mixed-type JSON" if type(feature).__name__ == "Json" else type(feature).__name__.lower()
 
 
 def _drop_blank_rows(raw: DatasetDict, text_column: str, label_column: str, source: str, notes: list[str]) -> DatasetDict:
@@ -295,5 +354,10 @@ def _encode_labels(raw: DatasetDict, column: str, label_names: list[str] | None,
             encoded[name] = split.remove_columns(column).add_column(column, [index[v] for v in labels])
         encoded = DatasetDict(encoded)
         return names, encoded
+    if all(isinstance(v, float) for v in values):
+        example = next(v for v in values if not float(v).is_integer())
+        raise PeftlabError(
+            f"label column {column!r} of {source!r} contains non-integer numbers such as {example}; labels must be integers 0, 1, ... or names (regression is not supported)"
+        )
     kinds = sorted({type(v).__name__ for v in values})
     raise PeftlabError(f"label column {column!r} of {source!r} mixes value types ({', '.join(kinds)}); labels must be all integers or all strings")

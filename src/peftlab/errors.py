@@ -18,3 +18,10 @@ def one_of(values) -> str:
     if len(items) > 12:
         items = items[:12] + [f"... ({len(items) - 12} more)"]
     return ", ".join(items)
+
+
+class RunInterrupted(Exception):
+    """A run stopped by Ctrl-C after saving what it needs to resume; the command line exits with status 130."""
+
+    exit_code = 130
+    out: str | None = None  # the run folder to pass to --out when resuming

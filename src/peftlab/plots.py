@@ -7,6 +7,7 @@ process that calls it (a notebook keeps its inline backend).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -197,7 +198,9 @@ def save_plots(results: dict, folder: Path) -> dict[str, Path]:
         if figure is None:
             path.unlink(missing_ok=True)
             continue
-        figure.savefig(path, dpi=DPI)
+        tmp = path.with_name(f".{path.name}.tmp")  # rename into place, so a crash never leaves half a PNG
+        figure.savefig(tmp, dpi=DPI, format="png")
+        os.replace(tmp, path)
         written[name] = path
     return written
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,13 +20,17 @@ from datasets import DatasetDict
 
 from peftlab import __version__
 from peftlab.artifacts import folder_bytes, load_artifact, save_artifact
+from peftlab.checkpoints import (
+    RESULTS_FILE, check_same_data, checkpoint_dir, failure_reason, finished_runs, last_checkpoint, open_out_dir, remove_checkpoints, safe_child, train_resumable,
+    write_json_atomic,
+)
 from peftlab.config import RunConfig
 from peftlab.config_file import write_config_file
 from peftlab.data import TextClassificationData, load_text_classification
 from peftlab.lm_data import SHORT_ANSWER_TOKENS, LMData, TokenizedLM, load_lm_data, render_prompt, tokenize_lm
 from peftlab.environment import environment
 from peftlab.generation import generate_batched, normalise
-from peftlab.errors import PeftlabError, one_of
+from peftlab.errors import PeftlabError, RunInterrupted, one_of
 from peftlab.estimate import MemorySetup, estimate_memory, profile_model
 from peftlab.methods import Method, MethodContext, expand_all, get_method, method_options
 from peftlab.meta import count_params_meta, weight_free_source
@@ -48,7 +51,6 @@ from peftlab.training import (
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 TENSORBOARD_DIR = "tensorboard"  # event files of --report-to tensorboard, one folder per method
 
 
@@ -104,7 +106,7 @@ def resolve_methods(config: RunConfig) -> list[tuple[Method, dict]]:
 def prepare(config: RunConfig) -> Prepared:
     """Check the whole request and load model, tokenizer and data, before anything is written."""
     methods = resolve_methods(config)
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source)
     config = dataclasses.replace(config, task=model_task(model_config, config.task))
     tokenizer = load_tokenizer(source)
@@ -194,31 +196,6 @@ def _prepare_lm_data(config: RunConfig, tokenizer, eval_only: bool = False) -> t
 # Output folder and results file
 
 
-def create_out_dir(out: str | None, command: str) -> Path:
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        folder = Path("runs") / f"{stamp}-{command}"
-        suffix = 1
-        while folder.exists():
-            suffix += 1
-            folder = Path("runs") / f"{stamp}-{command}-{suffix}"
-    else:
-        folder = Path(out).expanduser()
-        if (folder / RESULTS_FILE).exists():
-            raise PeftlabError(f"--out {out!r} already holds a run ({RESULTS_FILE}); choose a new folder")
-        if folder.exists() and not folder.is_dir():
-            raise PeftlabError(f"--out {out!r} is a file; pass a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def new_results(prepared: Prepared, command: str) -> dict:
     data = prepared.data.describe()
     data["truncated"] = prepared.truncated
@@ -235,6 +212,8 @@ def new_results(prepared: Prepared, command: str) -> dict:
         "metric": primary_metric(prepared.task, prepared.answer_match),
         "config": prepared.config.to_dict(),
         "environment": environment(),
+        # Every random choice of a run (head initialisation, training order, dropout, validation split) uses this seed.
+        "seeds": {"seed": prepared.config.seed, "data_seed": prepared.config.seed},
         "runs": [],
     }
 
@@ -270,7 +249,7 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
     )
 
     lr = config.lr if config.lr is not None else method.lr_for(prepared.task)
-    scratch = out / f".trainer-{method.name}"
+    scratch = checkpoint_dir(out, method.name)
     args = training_arguments(config, lr, scratch, quiet)
     causal = prepared.task == "causal-lm"
     train_split = prepared.tokenized.splits["train"] if causal else prepared.tokenized["train"]
@@ -281,8 +260,9 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
 
     examples = {}
     before, examples["before"] = _evaluate(prepared, trainer, quiet)
+    resume_from = last_checkpoint(scratch) if config.resume else None
     with PeakMemory() as memory, Timer() as timer:
-        output = trainer.train()
+        output = train_resumable(trainer, method.name, resume_from)
     after, examples["after"] = _evaluate(prepared, trainer, quiet)
     validation = after if prepared.eval_split == "validation" else _evaluate_validation(prepared, trainer)
     metric = primary_metric(prepared.task, prepared.answer_match)["name"]
@@ -321,10 +301,10 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
         }
     else:
         meta |= {"text_column": prepared.data.text_column, "label_column": prepared.data.label_column}
-    artifact = out / method.name
+    artifact = safe_child(out, method.name, "method name")
     save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
     artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_checkpoints(out, method.name)
 
     run = {
         "method": method.name,
@@ -336,6 +316,7 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
         "metrics": {"before": before, "after": after, "validation_after": validation},
         "train_seconds": round(timer.seconds, 2),
         "train_steps": output.global_step,
+        "resumed_from_step": int(resume_from.name.rsplit("-", 1)[1]) if resume_from is not None else None,
         "peak_memory_mb": round(memory.peak_mb, 1),
         "artifact_bytes": artifact_bytes,
         "path": artifact.name,
@@ -380,22 +361,56 @@ def _params_dict(report: ParamReport) -> dict:
 def compare(config: RunConfig, command: str = "compare", quiet: bool = False) -> dict:
     """Run every method of ``config`` on the same data, seed and budget; return and save the results."""
     prepared = prepare(config)
-    out = create_out_dir(config.out, command)
+    out, previous = open_out_dir(prepared.config, command)
     log.info("writing to %s", out)
-    write_config_file(prepared.config, out)
     results = new_results(prepared, command)
     results["out"] = str(out)
+    kept = finished_runs(previous)
+    if previous is not None:
+        check_same_data(previous, results)
+        results["created"] = previous.get("created", results["created"])
+        results["resumed"] = [*previous.get("resumed", []), datetime.now(timezone.utc).isoformat(timespec="seconds")]
+    write_json_atomic(out / RESULTS_FILE, results)  # marks the folder as a run from its first moment
+    write_config_file(prepared.config, out)
     env = results["environment"]
     log.info("device %s, %d torch threads on %d CPUs", env["device"], env["torch_threads"], env["cpu_count"])
     for method, options in prepared.methods:
-        if method.name in prepared.skipped:
+        if method.name in kept:
+            run = kept[method.name]
+            log.info("%s: %s in the earlier attempt, kept as it is", method.name, "finished" if run["status"] == "ok" else "skipped")
+        elif method.name in prepared.skipped:
             run = {"method": method.name, "status": "skipped", "reason": prepared.skipped[method.name]}
         else:
-            run = run_method(prepared, method, options, out, quiet=quiet)
+            run = _run_isolated(prepared, method, options, out, results, quiet)
         results["runs"].append(run)
         write_json_atomic(out / RESULTS_FILE, results)
         write_report(results, out)
     return results
+
+
+def _run_isolated(prepared: Prepared, method: Method, options: dict, out: Path, results: dict, quiet: bool) -> dict:
+    """Run one method; a failure becomes a "failed" entry so the other methods still run.
+
+    Ctrl-C is not a failure: the method is recorded as "interrupted", the
+    results are written and RunInterrupted propagates to end the run.
+    """
+    try:
+        return run_method(prepared, method, options, out, quiet=quiet)
+    except (RunInterrupted, KeyboardInterrupt) as stop:
+        reason = str(stop) if isinstance(stop, RunInterrupted) else "stopped by a second Ctrl-C before a checkpoint was saved"
+        results["runs"].append({"method": method.name, "status": "interrupted", "reason": reason})
+        write_json_atomic(out / RESULTS_FILE, results)
+        write_report(results, out)
+        interrupted = stop if isinstance(stop, RunInterrupted) else RunInterrupted(f"{method.name} {reason}")
+        interrupted.out = str(out)
+        raise interrupted from None
+    except Exception as error:  # noqa: BLE001 - any error of one method (unsupported, out of memory, diverged) is recorded, not fatal
+        reason = failure_reason(error)
+        log.error("%s: failed: %s; the other methods still run", method.name, reason)
+        log.debug("%s: traceback of the failure", method.name, exc_info=True)
+        remove_checkpoints(out, method.name)
+        release_memory()
+        return {"method": method.name, "status": "failed", "reason": reason}
 
 
 def train(config: RunConfig, quiet: bool = False) -> dict:
@@ -428,7 +443,7 @@ def count_params(
         return count_params_meta(weight_free, resolved, config, task, label_names, memory)
     if task not in (None, "seq-cls", "causal-lm"):
         raise PeftlabError(f"a loaded model is counted for --task seq-cls or causal-lm, got {task!r}; add --config-only to count it from its config")
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source)
     task = model_task(model_config, task)
     model_type = model_config.model_type

@@ -76,7 +76,12 @@ def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bo
         train_sampling_strategy="group_by_length",
         logging_strategy="steps",
         logging_steps=0.05,  # about 20 points on the loss curve
-        save_strategy="no",
+        # Checkpoints go to output_dir; the newest is kept and the older one is deleted
+        # only after the newer is complete.
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=1,
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN, so a diverged method is noticed and stopped
         eval_strategy="no",
         report_to=config.report_to,
         seed=config.seed,
