@@ -21,6 +21,7 @@ import warnings
 from peftlab import __version__
 from peftlab.config import RunConfig, config_fields
 from peftlab.config_file import read_config_file
+from peftlab.distributed import is_main_process
 from peftlab.errors import PeftlabError
 
 log = logging.getLogger("peftlab")
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    if not is_main_process():  # under torchrun every rank would print the same lines; rank 0 speaks for all
+        level = logging.ERROR
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger("peftlab")
@@ -244,9 +247,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("compare", "train"):
         config = _run_config(args)
         results = runner.train(config, quiet=args.quiet) if args.command == "train" else runner.compare(config, quiet=args.quiet)
-        if args.json:
+        if args.json and is_main_process():
             print(json.dumps(results, indent=2))
-        else:
+        elif is_main_process():
             print(reporting.comparison_table(results))
             print(f"\nresults: {results['out']}/{runner.RESULTS_FILE}")
             print(f"report:  {results['out']}/{HTML_FILE}")

@@ -13,6 +13,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from peftlab.errors import PeftlabError, one_of
+from peftlab.precision import quantization_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +142,12 @@ class LoadedModel:
     head_modules: list[str]  # modules created fresh for the task (not in the checkpoint)
 
 
-def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> LoadedModel:
+def load_classifier(source: ModelSource, label_names: list[str], seed: int, quantize: str = "none") -> LoadedModel:
     """Load the model with a sequence-classification head of len(label_names) outputs.
 
     The head is initialised from ``seed``, so every method in a compare starts
-    from the same head and the same "before" numbers.
+    from the same head and the same "before" numbers. ``quantize`` "4bit" loads
+    the base weights as NF4 (peftlab.precision).
     """
     id2label = dict(enumerate(label_names))
     label2id = {label: i for i, label in id2label.items()}
@@ -160,6 +162,7 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> L
             label2id=label2id,
             output_loading_info=True,
             dtype=torch.float32,
+            **quantization_kwargs(quantize),
         )
     except OSError as error:
         if source.kind == "hub":

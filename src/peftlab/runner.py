@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from peftlab import __version__
+from peftlab import __version__, distributed
 from peftlab.artifacts import folder_bytes, load_artifact, save_artifact
 from peftlab.config import RunConfig
 from peftlab.config_file import write_config_file
@@ -25,6 +25,7 @@ from peftlab.methods import Method, MethodContext, expand_all, get_method, metho
 from peftlab.meta import count_params_meta, weight_free_source
 from peftlab.models import ModelSource, load_classifier, load_config, load_tokenizer, resolve_model
 from peftlab.params import ParamReport, base_param_ids, count_unique, param_report
+from peftlab.precision import check_quantize, prepare_quantized
 from peftlab.report import write_report
 from peftlab.training import PeakMemory, Timer, evaluate, make_trainer, release_memory, set_tensorboard_dir, tokenize_splits, training_arguments
 
@@ -71,6 +72,7 @@ def resolve_methods(config: RunConfig) -> list[tuple[Method, dict]]:
 def prepare(config: RunConfig) -> Prepared:
     """Check the whole request and load model, tokenizer and data, before anything is written."""
     methods = resolve_methods(config)
+    check_quantize(config)
     source = resolve_model(config.model)
     model_config = load_config(source)
     tokenizer = load_tokenizer(source)
@@ -160,8 +162,8 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
     """Apply one method to a fresh copy of the base model, train, evaluate before and after, and save."""
     config = prepared.config
     release_memory()
-    loaded = load_classifier(prepared.source, prepared.data.label_names, config.seed)
-    model = loaded.model
+    loaded = load_classifier(prepared.source, prepared.data.label_names, config.seed, config.quantize)
+    model = prepare_quantized(loaded.model, config.quantize)
     base_params = count_unique(model)
     base_ids = base_param_ids(model)
     ctx = MethodContext(config, prepared.model_type, TASK, loaded.head_modules, options)
@@ -214,9 +216,13 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
         "train_steps": output.global_step,
     }
     artifact = out / method.name
-    save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
-    artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
-    shutil.rmtree(scratch, ignore_errors=True)
+    artifact_bytes = None  # rank 0 alone writes the artifact; every rank holds the same weights after training
+    if distributed.is_main_process():
+        save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
+        artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
+    distributed.barrier()
+    if distributed.is_main_process():
+        shutil.rmtree(scratch, ignore_errors=True)
 
     return {
         "method": method.name,
@@ -249,23 +255,32 @@ def _params_dict(report: ParamReport) -> dict:
 
 
 def compare(config: RunConfig, command: str = "compare", quiet: bool = False) -> dict:
-    """Run every method of ``config`` on the same data, seed and budget; return and save the results."""
+    """Run every method of ``config`` on the same data, seed and budget; return and save the results.
+
+    Under torchrun or accelerate launch every rank trains and returns the same
+    results, and rank 0 alone writes the run folder.
+    """
+    distributed.init_process_group()
+    distributed.set_thread_count()
     prepared = prepare(config)
-    out = create_out_dir(config.out, command)
+    main = distributed.is_main_process()
+    out = distributed.broadcast_from_main(create_out_dir(config.out, command) if main else None)
     log.info("writing to %s", out)
-    write_config_file(config, out)
+    if main:
+        write_config_file(config, out)
     results = new_results(prepared, command)
     results["out"] = str(out)
     env = results["environment"]
-    log.info("device %s, %d torch threads on %d CPUs", env["device"], env["torch_threads"], env["cpu_count"])
+    log.info("device %s, %d torch threads on %d CPUs, %d processes", env["device"], env["torch_threads"], env["cpu_count"], env["processes"])
     for method, options in prepared.methods:
         if method.name in prepared.skipped:
             run = {"method": method.name, "status": "skipped", "reason": prepared.skipped[method.name]}
         else:
             run = run_method(prepared, method, options, out, quiet=quiet)
         results["runs"].append(run)
-        write_json_atomic(out / RESULTS_FILE, results)
-        write_report(results, out)
+        if main:
+            write_json_atomic(out / RESULTS_FILE, results)
+            write_report(results, out)
     return results
 
 

@@ -20,6 +20,7 @@ from transformers.integrations import TensorBoardCallback
 
 from peftlab.config import RunConfig
 from peftlab.data import quiet_datasets
+from peftlab.precision import precision_arguments, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bo
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=quiet,
         dataloader_num_workers=0,
+        **precision_arguments(resolve_precision(config.precision)),
     )
 
 
