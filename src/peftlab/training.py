@@ -84,6 +84,11 @@ def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bo
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=quiet,
         dataloader_num_workers=0,
+        # With True (the default of transformers 5.25), the Trainer multiplies each rank's loss by the
+        # number of processes whenever the model's forward takes **kwargs, as peft's wrappers do, expecting
+        # the model to divide by the token count of all ranks. Classification models ignore that count,
+        # so under torchrun the training gradients and the evaluation loss came out N times too large.
+        average_tokens_across_devices=False,
         **precision_arguments(resolve_precision(config.precision)),
     )
 
