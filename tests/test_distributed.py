@@ -88,3 +88,24 @@ def test_torchrun_two_processes_match_one(tiny_bert, tmp_path):
     assert (two / "lora" / "adapter_model.safetensors").is_file()
     assert run["artifact_bytes"] == sum(p.stat().st_size for p in (two / "lora").rglob("*") if p.is_file())
     assert not list(two.glob(".*"))  # no Trainer scratch folder left behind by either rank
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("ACCELERATE_USE_FSDP", "true", "FSDP is not supported: rank 0 would save only its shard of the weights"),
+        ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3", "DeepSpeed ZeRO stage 3 is not supported: rank 0 would save only its shard of the weights"),
+    ],
+)
+def test_sharded_launch_rejected(monkeypatch, name, value, message):
+    from peftlab.errors import PeftlabError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(PeftlabError, match=f"^{message}"):
+        distributed.check_sharding()
+
+
+def test_zero_stage_2_accepted(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    distributed.check_sharding()

@@ -2,11 +2,11 @@
 
     peftlab bench --quick --json --data path/to/sst2 --text path/to/input.txt
 
-For each model (MiniLM on classification batches, SmolLM2-135M on text) it times
-peftlab's own training path (the Trainer as runner.run_method builds it) for
-full, head, lora, ia3 and prompt-tuning, the same LoRA adapter in a minimal
-hand-written torch + peft loop, and inference with the base model, the LoRA
-adapter and the merged adapter.
+It uses two models: MiniLM on classification batches and SmolLM2-135M on text.
+For each, it times peftlab's own training path (the Trainer as
+runner.run_method builds it) for full, head, lora, ia3 and prompt-tuning. It
+times the same LoRA adapter in a minimal hand-written torch + peft loop, and
+inference with the base model, the LoRA adapter and the merged adapter.
 
 Fairness on a shared, noisy machine:
 - Every batch of a model has the same shape (texts padded or cut to one

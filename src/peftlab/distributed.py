@@ -69,6 +69,20 @@ def broadcast_from_main(value):
     return holder[0]
 
 
+def check_sharding() -> None:
+    """Reject FSDP and DeepSpeed ZeRO-3 launches, whose rank 0 holds only a shard of the weights it would save.
+
+    accelerate launch describes its config to the processes through these
+    environment variables (accelerate 1.16, accelerate/utils/launch.py).
+    """
+    from peftlab.errors import PeftlabError
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise PeftlabError("FSDP is not supported: rank 0 would save only its shard of the weights; use plain data parallelism or DeepSpeed ZeRO stage 1 or 2")
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise PeftlabError("DeepSpeed ZeRO stage 3 is not supported: rank 0 would save only its shard of the weights; use zero_stage 1 or 2")
+
+
 def set_thread_count() -> int:
     """Give each process of this machine an equal share of the CPUs it may run on; return the thread count.
 

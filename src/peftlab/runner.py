@@ -216,7 +216,9 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
         "train_steps": output.global_step,
     }
     artifact = out / method.name
-    artifact_bytes = None  # rank 0 alone writes the artifact; every rank holds the same weights after training
+    # Rank 0 saves the weights it holds: DDP and DeepSpeed ZeRO-1/2 keep the whole model on every
+    # rank, and distributed.check_sharding rejects FSDP and ZeRO-3, which would leave it a shard.
+    artifact_bytes = None
     if distributed.is_main_process():
         save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
         artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
@@ -260,6 +262,7 @@ def compare(config: RunConfig, command: str = "compare", quiet: bool = False) ->
     Under torchrun or accelerate launch every rank trains and returns the same
     results, and rank 0 alone writes the run folder.
     """
+    distributed.check_sharding()
     distributed.init_process_group()
     distributed.set_thread_count()
     prepared = prepare(config)
