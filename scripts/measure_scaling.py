@@ -1,6 +1,6 @@
 """Measure how the wall time of `peftlab compare` grows with the data size and with the number of methods.
 
-    python scripts/measure_scaling.py --data ../shared/data/sst2 --fractions 0.25,0.5,1 --methods full,head,lora --max-steps 50
+    python scripts/measure_scaling.py --data path/to/sst2 --fractions 0.25,0.5,1 --methods full,head,lora --max-steps 50
 
 Data size: one compare of --size-method for one epoch on the first 25%, 50% and
 100% of the train split (validation and test stay whole), each in a new

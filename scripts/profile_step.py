@@ -1,6 +1,6 @@
 """Profile peftlab's training step of each method with torch.profiler and print where the time goes.
 
-    python scripts/profile_step.py --data ../shared/data/sst2 --methods full,lora --steps 4
+    python scripts/profile_step.py --data path/to/sst2 --methods full,lora --steps 4
 
 The steps are those of `peftlab bench` (peftlab.bench.PeftlabVariant: the
 Trainer as `peftlab train` builds it) on MiniLM with batches of 32 SST-2 texts

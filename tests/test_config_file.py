@@ -27,7 +27,7 @@ def test_every_field_has_a_file_key(tmp_path):
         "validation-fraction": 0.2, "max_length": 64, "methods": ["head", "lora"], "lora-r": 4, "lora_alpha": 8,
         "lora-dropout": 0.1, "target_modules": "query,value", "method-args": {"use_dora": True}, "epochs": 2,
         "max-steps": 5, "lr": "1e-3", "batch_size": 8, "eval-batch-size": 16, "weight_decay": 0.01,
-        "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard",
+        "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard", "precision": "bf16", "quantize": "4bit",
     }
     keys = {key.replace("-", "_") for key in values}
     assert keys == {f.name for f in config_fields()}  # this test lists every RunConfig field
@@ -38,6 +38,8 @@ def test_every_field_has_a_file_key(tmp_path):
     assert config.methods == ["head", "lora"]
     assert config.target_modules == ["query", "value"]
     assert config.method_args == {"use_dora": True}
+    assert config.precision == "bf16"
+    assert config.quantize == "4bit"
     assert config.lr == 0.001
     assert config.lora_alpha == 8.0
     assert config.epochs == 2.0

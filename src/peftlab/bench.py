@@ -210,7 +210,7 @@ def load_smollm2() -> tuple[nn.Module, object]:
 def causal_model(
     text_file: str | None, batch_size: int, seq_len: int, rows_needed: int, name: str = "smollm2", loader: Callable[[], tuple[nn.Module, object]] = load_smollm2
 ) -> BenchModel:
-    """A causal LM on blocks of ``text_file`` (default: the demo data's texts, repeated as needed)."""
+    """Load a causal LM with ``loader`` and cut ``text_file`` into its batches (default: the demo data's texts, repeated as needed)."""
     model, tokenizer = loader()
     if text_file is not None:
         path = Path(text_file).expanduser()
@@ -371,7 +371,7 @@ def _median(values: list[float]) -> float:
 
 
 def summarize_model(bench: BenchModel, step_times: dict, peaks: dict, inference_times: dict, merge_difference: float) -> dict:
-    """Medians per variant and the ratios the targets are about, for one model."""
+    """Return the medians per variant and the ratios the targets are about, for one model."""
     tokens_per_step = bench.batch_size * bench.seq_len
     training = {
         name: {
@@ -407,7 +407,7 @@ def summarize_model(bench: BenchModel, step_times: dict, peaks: dict, inference_
 
 
 def headline(models: dict[str, dict]) -> dict:
-    """The target ratios: the worst model's value, except peak memory, which is taken on the causal LM where one was measured.
+    """Return the target ratios: the worst model's value, except peak memory, which is taken on the causal LM where one was measured.
 
     The memory target is about a model whose weights dominate its memory; on
     MiniLM with short batches the activations weigh as much as the weights.
