@@ -274,7 +274,8 @@ def compare(config: RunConfig, command: str = "compare", quiet: bool = False) ->
     results = new_results(prepared, command)
     results["out"] = str(out)
     env = results["environment"]
-    log.info("device %s, %d torch threads on %d CPUs, %d processes", env["device"], env["torch_threads"], env["cpu_count"], env["processes"])
+    processes = f", {env['processes']} processes" if env["processes"] > 1 else ""
+    log.info("device %s, %d torch threads on %d CPUs%s", env["device"], env["torch_threads"], env["cpu_count"], processes)
     for method, options in prepared.methods:
         if method.name in prepared.skipped:
             run = {"method": method.name, "status": "skipped", "reason": prepared.skipped[method.name]}
