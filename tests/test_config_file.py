@@ -30,7 +30,7 @@ def test_every_field_has_a_file_key(tmp_path):
         "warmup-ratio": 0.1, "seed": 7, "out": "runs/x", "report-to": "tensorboard",
         "task": "causal-lm", "prompt-column": "question", "response_column": "answer", "prompt-template": "Q: {text}",
         "answer-match": "number", "max_new_tokens": 32, "max-eval-samples": 100, "save-steps": 10, "resume": True,
-        "overwrite": False, "allow-pickle": True, "trust_remote_code": False,
+        "overwrite": False, "allow-pickle": True, "trust_remote_code": False, "precision": "bf16", "quantize": "4bit",
     }
     keys = {key.replace("-", "_") for key in values}
     assert keys == {f.name for f in config_fields()}  # this test lists every RunConfig field
@@ -41,6 +41,8 @@ def test_every_field_has_a_file_key(tmp_path):
     assert config.methods == ["head", "lora"]
     assert config.target_modules == ["query", "value"]
     assert config.method_args == {"use_dora": True}
+    assert config.precision == "bf16"
+    assert config.quantize == "4bit"
     assert config.lr == 0.001
     assert config.lora_alpha == 8.0
     assert config.epochs == 2.0

@@ -22,6 +22,8 @@ ANSWER_MATCHES = ("auto", "exact", "number", "none")
 DEFAULT_BATCH_SIZE = {"seq-cls": 32, "causal-lm": 8}
 # Trackers peftlab passes to TrainingArguments.report_to. tensorboard is a dependency, so it works offline.
 REPORT_TO = ("none", "tensorboard")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANTIZE = ("none", "4bit")
 
 
 def _opt(default, help: str, group: str, **extra):
@@ -71,6 +73,10 @@ class RunConfig:
     weight_decay: float = _opt(0.0, "AdamW weight decay.", "training")
     warmup_ratio: float = _opt(0.06, "Share of training steps with linear learning-rate warm-up.", "training")
     seed: int = _opt(42, "Random seed for the head, the data order and the validation split.", "training")
+
+    # -- device -----------------------------------------------------------------
+    precision: str = _opt("auto", "Training precision: auto (bf16 or fp16 mixed precision on CUDA, fp32 on the CPU), fp32, bf16, or fp16 (CUDA only).", "device")
+    quantize: str = _opt("none", "Load the frozen base weights in 4 bits: none or 4bit (NF4 through bitsandbytes, CUDA only; with lora this is QLoRA).", "device")
 
     # -- output -----------------------------------------------------------------
     out: str | None = _opt(None, "Output folder. Default: a new timestamped folder under runs/.", "output")
@@ -122,6 +128,10 @@ class RunConfig:
             raise PeftlabError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if self.save_steps is not None:
             _positive_int("save_steps", self.save_steps)
+        if self.precision not in PRECISIONS:
+            raise PeftlabError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantize not in QUANTIZE:
+            raise PeftlabError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
         if self.report_to not in REPORT_TO:
             raise PeftlabError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
 

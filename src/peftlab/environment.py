@@ -8,6 +8,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
+from peftlab.distributed import world_size
+
 PACKAGES = ("peftlab", "torch", "transformers", "peft", "datasets", "accelerate", "numpy", "pandas", "scikit-learn")
 
 
@@ -25,5 +27,6 @@ def environment() -> dict:
         "packages": versions,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),  # per process
+        "processes": world_size(),  # data-parallel processes (torchrun, accelerate launch)
     }

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from transformers.models.auto import modeling_auto
 
 from peftlab.errors import PeftlabError, one_of
+from peftlab.precision import quantization_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +218,12 @@ class LoadedModel:
     head_modules: list[str]  # modules created fresh for the task (not in the checkpoint)
 
 
-def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> LoadedModel:
+def load_classifier(source: ModelSource, label_names: list[str], seed: int, quantize: str = "none") -> LoadedModel:
     """Load the model with a sequence-classification head of len(label_names) outputs.
 
     The head is initialised from ``seed``, so every method in a compare starts
-    from the same head and the same "before" numbers.
+    from the same head and the same "before" numbers. ``quantize`` "4bit" loads
+    the base weights as NF4 (peftlab.precision).
     """
     id2label = dict(enumerate(label_names))
     label2id = {label: i for i, label in id2label.items()}
@@ -237,6 +239,7 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int) -> L
             output_loading_info=True,
             dtype=torch.float32,
             **source.weight_kwargs,
+            **quantization_kwargs(quantize),
         )
     except OSError as error:
         if source.kind == "hub":
@@ -311,19 +314,21 @@ DECODER_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemm
 _LOADED: dict[tuple[str, str | None], PreTrainedModel] = {}
 
 
-def load_causal_lm(source: ModelSource, seed: int) -> LoadedModel:
-    """Load a causal language model in float32 for training; it has no new head.
+def load_causal_lm(source: ModelSource, seed: int, quantize: str = "none") -> LoadedModel:
+    """Load a causal language model in float32 for training (its base in 4 bits with ``quantize`` "4bit"); it has no new head.
 
     A GGUF checkpoint is dequantised once per process and copied for each later load.
     """
     transformers.set_seed(seed)
+    if quantize != "none" and source.gguf_file:
+        raise PeftlabError(f"--quantize {quantize} loads safetensors weights in 4 bits, but {source.name!r} is a GGUF file, which transformers dequantises to float32; drop --quantize")
     key = (source.path, source.gguf_file)
     if key in _LOADED:
         return LoadedModel(model=copy.deepcopy(_LOADED[key]), head_modules=[])
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **source.weight_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **source.weight_kwargs, **quantization_kwargs(quantize))
     except OSError as error:
         if source.kind == "hub":
             raise _hub_error(source, error) from error

@@ -7,7 +7,6 @@ A run is for one task: ``seq-cls`` (a classifier with a new head, scored by accu
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ import torch
 import transformers
 from datasets import DatasetDict
 
-from peftlab import __version__
-from peftlab.artifacts import folder_bytes, load_artifact, save_artifact
+from peftlab import __version__, distributed
+from peftlab.artifacts import load_artifact, save_artifact
 from peftlab.checkpoints import (
     RESULTS_FILE, check_same_data, checkpoint_dir, failure_reason, finished_runs, last_checkpoint, open_out_dir, remove_checkpoints, safe_child, train_resumable,
     write_json_atomic,
@@ -27,15 +26,16 @@ from peftlab.checkpoints import (
 from peftlab.config import RunConfig
 from peftlab.config_file import write_config_file
 from peftlab.data import TextClassificationData, load_text_classification
-from peftlab.lm_data import SHORT_ANSWER_TOKENS, LMData, TokenizedLM, load_lm_data, render_prompt, tokenize_lm
 from peftlab.environment import environment
-from peftlab.generation import generate_batched, normalise
 from peftlab.errors import PeftlabError, RunInterrupted, one_of
 from peftlab.estimate import MemorySetup, estimate_memory, profile_model
+from peftlab.generation import generate_batched, normalise
+from peftlab.lm_data import SHORT_ANSWER_TOKENS, LMData, TokenizedLM, load_lm_data, render_prompt, tokenize_lm
 from peftlab.methods import Method, MethodContext, expand_all, get_method, method_options
 from peftlab.meta import count_params_meta, weight_free_source
 from peftlab.models import LoadedModel, ModelSource, load_causal_lm, load_classifier, load_config, load_tokenizer, model_task, prepare_tokenizer_for_lm, resolve_model
 from peftlab.params import ParamReport, base_param_ids, count_unique, param_report
+from peftlab.precision import check_quantize, prepare_quantized
 from peftlab.report import write_report
 from peftlab.training import (
     PeakMemory,
@@ -82,8 +82,8 @@ class Prepared:
     def load_model(self) -> LoadedModel:
         """A fresh copy of the base model for the task, with the classification head seeded alike for every method."""
         if self.task == "causal-lm":
-            return load_causal_lm(self.source, self.config.seed)
-        return load_classifier(self.source, self.data.label_names, self.config.seed)
+            return load_causal_lm(self.source, self.config.seed, self.config.quantize)
+        return load_classifier(self.source, self.data.label_names, self.config.seed, self.config.quantize)
 
 
 def resolve_methods(config: RunConfig) -> list[tuple[Method, dict]]:
@@ -106,6 +106,7 @@ def resolve_methods(config: RunConfig) -> list[tuple[Method, dict]]:
 def prepare(config: RunConfig) -> Prepared:
     """Check the whole request and load model, tokenizer and data, before anything is written."""
     methods = resolve_methods(config)
+    check_quantize(config)
     source = resolve_model(config.model, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source)
     config = dataclasses.replace(config, task=model_task(model_config, config.task))
@@ -236,7 +237,7 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
     config = prepared.config
     release_memory()
     loaded = prepared.load_model()
-    model = loaded.model
+    model = prepare_quantized(loaded.model, config.quantize)
     base_params = count_unique(model)
     base_ids = base_param_ids(model)
     ctx = MethodContext(config, prepared.model_type, prepared.task, loaded.head_modules, options)
@@ -302,9 +303,15 @@ def run_method(prepared: Prepared, method: Method, options: dict, out: Path, qui
     else:
         meta |= {"text_column": prepared.data.text_column, "label_column": prepared.data.label_column}
     artifact = safe_child(out, method.name, "method name")
-    save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
-    artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
-    remove_checkpoints(out, method.name)
+    # Rank 0 saves the weights it holds: DDP and DeepSpeed ZeRO-1/2 keep the whole model on every
+    # rank, and distributed.check_sharding rejects FSDP and ZeRO-3, which would leave it a shard.
+    artifact_bytes = None
+    if distributed.is_main_process():
+        save_weights = (lambda folder: method.save(model, ctx, folder)) if method.save is not None else None
+        artifact_bytes = save_artifact(model, prepared.tokenizer, artifact, meta, method.saves_adapter, save_weights)
+    distributed.barrier()
+    if distributed.is_main_process():
+        remove_checkpoints(out, method.name)
 
     run = {
         "method": method.name,
@@ -359,9 +366,27 @@ def _params_dict(report: ParamReport) -> dict:
 
 
 def compare(config: RunConfig, command: str = "compare", quiet: bool = False) -> dict:
-    """Run every method of ``config`` on the same data, seed and budget; return and save the results."""
+    """Run every method of ``config`` on the same data, seed and budget; return and save the results.
+
+    Under torchrun or accelerate launch every rank trains and returns the same
+    results, and rank 0 alone writes the run folder.
+    """
+    distributed.check_sharding()
+    distributed.init_process_group()
+    distributed.set_thread_count()
     prepared = prepare(config)
-    out, previous = open_out_dir(prepared.config, command)
+    main = distributed.is_main_process()
+    opened = None
+    if main:
+        try:
+            out, previous = open_out_dir(prepared.config, command)
+            opened = (str(out), previous)
+        except PeftlabError as error:  # the other ranks wait for the folder, so they must learn of the error too
+            opened = str(error)
+    opened = distributed.broadcast_from_main(opened)
+    if isinstance(opened, str):
+        raise PeftlabError(opened)
+    out, previous = Path(opened[0]), opened[1]
     log.info("writing to %s", out)
     results = new_results(prepared, command)
     results["out"] = str(out)
@@ -370,10 +395,12 @@ def compare(config: RunConfig, command: str = "compare", quiet: bool = False) ->
         check_same_data(previous, results)
         results["created"] = previous.get("created", results["created"])
         results["resumed"] = [*previous.get("resumed", []), datetime.now(timezone.utc).isoformat(timespec="seconds")]
-    write_json_atomic(out / RESULTS_FILE, results)  # marks the folder as a run from its first moment
-    write_config_file(prepared.config, out)
+    if main:
+        write_json_atomic(out / RESULTS_FILE, results)  # marks the folder as a run from its first moment
+        write_config_file(prepared.config, out)
     env = results["environment"]
-    log.info("device %s, %d torch threads on %d CPUs", env["device"], env["torch_threads"], env["cpu_count"])
+    processes = f", {env['processes']} processes" if env["processes"] > 1 else ""
+    log.info("device %s, %d torch threads on %d CPUs%s", env["device"], env["torch_threads"], env["cpu_count"], processes)
     for method, options in prepared.methods:
         if method.name in kept:
             run = kept[method.name]
@@ -383,8 +410,9 @@ def compare(config: RunConfig, command: str = "compare", quiet: bool = False) ->
         else:
             run = _run_isolated(prepared, method, options, out, results, quiet)
         results["runs"].append(run)
-        write_json_atomic(out / RESULTS_FILE, results)
-        write_report(results, out)
+        if main:
+            write_json_atomic(out / RESULTS_FILE, results)
+            write_report(results, out)
     return results
 
 

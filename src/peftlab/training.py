@@ -21,6 +21,7 @@ from transformers.integrations import TensorBoardCallback
 
 from peftlab.config import RunConfig
 from peftlab.data import quiet_datasets
+from peftlab.precision import precision_arguments, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,12 @@ def training_arguments(config: RunConfig, lr: float, output_dir: Path, quiet: bo
         dataloader_num_workers=0,
         # A language model's logits (batch x length x vocabulary) are not needed after the loss: keeping them costs minutes.
         prediction_loss_only=config.task == "causal-lm",
+        # With True (the default of transformers 5.25), the Trainer multiplies each rank's loss by the
+        # number of processes whenever the model's forward takes **kwargs, as peft's wrappers do, expecting
+        # the model to divide by the token count of all ranks. Classification models ignore that count,
+        # so under torchrun the training gradients and the evaluation loss came out N times too large.
+        average_tokens_across_devices=False,
+        **precision_arguments(resolve_precision(config.precision)),
     )
 
 
