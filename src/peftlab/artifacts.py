@@ -46,7 +46,11 @@ def save_artifact(model, tokenizer, folder: Path, meta: dict, adapter: bool, sav
         shutil.rmtree(tmp)
     if adapter:
         meta = {**meta, "base_config": base_config_summary(model.config)}
-    (save_weights or model.save_pretrained)(tmp)
+    with warnings.catch_warnings():
+        # peft reads the base model's config.json to tell whether the vocabulary was resized; a GGUF
+        # folder has none, and peftlab never resizes embeddings.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        (save_weights or model.save_pretrained)(tmp)
     if not adapter:
         tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps({"peftlab_version": __version__, **meta}, indent=2) + "\n")
