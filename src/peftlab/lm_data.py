@@ -163,9 +163,10 @@ def _plain_text(documents: dict[str, list[str]], source: str, column: str | None
     notes = []
     for name, texts in documents.items():
         if not texts:
-            raise PeftlabError(f"the {name} split of {source!r} holds no text")
+            raise PeftlabError(f"the {name} split of {source!r} contains no text; give it at least one non-blank line")
     splits = DatasetDict({name: Dataset.from_dict({"text": texts}) for name, texts in documents.items()})
-    eval_split = "test" if "test" in splits else "validation" if "validation" in splits else "test"
+    # With only a train split, tokenize_lm holds out its tail as the test split.
+    eval_split = "validation" if "validation" in splits and "test" not in splits else "test"
     return LMData("text", splits, source, eval_split, {"text": column} if column else {}, notes=notes)
 
 
@@ -250,14 +251,14 @@ def _eval_split(splits: DatasetDict, notes: list[str]) -> str:
 
 
 def render_prompt(tokenizer, prompt: str) -> str:
-    """The text the model sees before its answer: the chat template with a generation prompt, else PLAIN_PROMPT."""
+    """Render the text that comes before the model's answer: the chat template with a generation prompt, else PLAIN_PROMPT."""
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
     return PLAIN_PROMPT.format(prompt=prompt)
 
 
 def render_response(tokenizer, prompt: str, response: str) -> str:
-    """The text that follows render_prompt in a training example: the response and the end of the turn."""
+    """Render the text that follows render_prompt in a training example: the response and the end of the turn."""
     if tokenizer.chat_template:
         head = render_prompt(tokenizer, prompt)
         full = tokenizer.apply_chat_template(
