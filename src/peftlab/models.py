@@ -228,19 +228,32 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int, quan
     id2label = dict(enumerate(label_names))
     label2id = {label: i for i, label in id2label.items()}
     transformers.set_seed(seed)
+    model, info = _load_weights(
+        AutoModelForSequenceClassification,
+        source,
+        "for sequence classification",
+        num_labels=len(label_names),
+        id2label=id2label,
+        label2id=label2id,
+        output_loading_info=True,
+        **quantization_kwargs(quantize),
+    )
+    if source.gguf_file:
+        _forget_gguf_quantization(model)
+    model.config.problem_type = "single_label_classification"
+    return LoadedModel(model=model, head_modules=new_head_modules(model, info.get("missing_keys", [])))
+
+
+def _load_weights(auto_class, source: ModelSource, purpose: str, **kwargs):
+    """Call ``auto_class.from_pretrained`` in float32, turning its errors into one-line PeftlabErrors.
+
+    transformers' own warnings are muted meanwhile: the "newly initialized" one is expected for a
+    new head, and peftlab logs its own line about it.
+    """
     level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the "newly initialized" warning is expected: we log our own line
+    transformers.logging.set_verbosity_error()
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            source.path,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id=label2id,
-            output_loading_info=True,
-            dtype=torch.float32,
-            **source.weight_kwargs,
-            **quantization_kwargs(quantize),
-        )
+        return auto_class.from_pretrained(source.path, dtype=torch.float32, **source.weight_kwargs, **kwargs)
     except OSError as error:
         if source.kind == "hub":
             raise _hub_error(source, error) from error
@@ -248,13 +261,9 @@ def load_classifier(source: ModelSource, label_names: list[str], seed: int, quan
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise _remote_code_error(source) from error
-        raise PeftlabError(f"model {source.name!r} cannot be used for sequence classification: {str(error).splitlines()[0]}") from error
+        raise PeftlabError(f"model {source.name!r} cannot be used {purpose}: {str(error).splitlines()[0]}") from error
     finally:
         transformers.logging.set_verbosity(level)
-    if source.gguf_file:
-        _forget_gguf_quantization(model)
-    model.config.problem_type = "single_label_classification"
-    return LoadedModel(model=model, head_modules=new_head_modules(model, info.get("missing_keys", [])))
 
 
 def new_head_modules(model: PreTrainedModel, missing_keys) -> list[str]:
@@ -325,20 +334,7 @@ def load_causal_lm(source: ModelSource, seed: int, quantize: str = "none") -> Lo
     key = (source.path, source.gguf_file)
     if key in _LOADED:
         return LoadedModel(model=copy.deepcopy(_LOADED[key]), head_modules=[])
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **source.weight_kwargs, **quantization_kwargs(quantize))
-    except OSError as error:
-        if source.kind == "hub":
-            raise _hub_error(source, error) from error
-        raise PeftlabError(f"could not load model weights from {source.path!r}: {str(error).splitlines()[0]}") from error
-    except ValueError as error:
-        if "trust_remote_code" in str(error):
-            raise _remote_code_error(source) from error
-        raise PeftlabError(f"model {source.name!r} cannot be used as a causal language model: {str(error).splitlines()[0]}") from error
-    finally:
-        transformers.logging.set_verbosity(level)
+    model = _load_weights(AutoModelForCausalLM, source, "as a causal language model", **quantization_kwargs(quantize))
     if source.gguf_file:
         _forget_gguf_quantization(model)
         _LOADED[key] = copy.deepcopy(model)
