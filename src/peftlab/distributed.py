@@ -1,7 +1,7 @@
 """Data-parallel runs under torchrun or accelerate launch, and the thread count of each process.
 
     torchrun --standalone --nproc_per_node 2 -m peftlab train --data path/to/sst2 --method lora
-    accelerate launch --num_processes 2 -m peftlab compare --data path/to/sst2
+    accelerate launch --multi_gpu --num_processes 2 -m peftlab compare --data path/to/sst2
 
 Every process loads the model and the data, and the Trainer wraps the model in
 DistributedDataParallel (gloo on the CPU, NCCL on CUDA), so each process trains
