@@ -282,7 +282,7 @@ def test_merge_gives_a_plain_model_with_the_adapter_outputs(labelled_run, tmp_pa
     ("argv", "message"),
     [
         (["merge", "{out}/prompt-tuning", "--out", "{tmp}/m"], "adds a trained prompt, which cannot be merged"),
-        (["merge", "{out}/full", "--out", "{tmp}/m"], "holds a full model (full), not an adapter"),
+        (["merge", "{out}/full", "--out", "{tmp}/m"], "contains a full model (full), not an adapter, so there is nothing to merge"),
         (["merge", "{out}/lora", "--out", "{out}"], "already exists and is not empty"),
         (["generate", "{out}/lora", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be a positive integer, got 0"),
     ],

@@ -527,8 +527,10 @@ def _evaluate_lm_artifact(artifact, data: str | None, quiet: bool, max_eval_samp
     meta = artifact.meta
     columns = meta.get("columns") or {}
     same_data = data is None
+    if same_data:
+        data = None if meta["data"] == "demo" else meta["data"]
     config = RunConfig(
-        data=(None if meta["data"] == "demo" else meta["data"]) if same_data else data,
+        data=data,
         task="causal-lm",
         text_column=columns.get("text") if same_data else None,
         label_column=columns.get("label") if same_data else None,
@@ -612,7 +614,7 @@ def merge(folder: str, out: str) -> Path:
     artifact = load_artifact(folder)
     meta = artifact.meta
     if not meta.get("adapter"):
-        raise PeftlabError(f"{folder!r} holds a full model ({meta['method']}), not an adapter: it loads with from_pretrained as it is")
+        raise PeftlabError(f"{folder!r} contains a full model ({meta['method']}), not an adapter, so there is nothing to merge: load it with from_pretrained as it is")
     model = artifact.model
     if not hasattr(model, "merge_and_unload") or getattr(model, "peft_config", {}).get("default") is None or model.peft_config["default"].is_prompt_learning:
         raise PeftlabError(f"method {meta['method']!r} adds a trained prompt, which cannot be merged into the weights; merge works for the methods that adapt weights (lora, dora, ia3, ...)")
