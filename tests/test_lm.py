@@ -135,7 +135,7 @@ def test_loss_covers_only_the_response(labelled, tokenizer):
     assert tokenized.references["test"][0] == "positive"
 
 
-def test_long_rows_keep_the_response_and_the_end_of_the_prompt(labelled, tokenizer):
+def test_long_rows_keep_response_and_prompt_end(labelled, tokenizer):
     data = load_lm_data(RunConfig(data=str(labelled), task="causal-lm"))
     tokenized = tokenize_lm(data, tokenizer, max_length=40)
     row = tokenized.splits["test"][0]
@@ -145,7 +145,7 @@ def test_long_rows_keep_the_response_and_the_end_of_the_prompt(labelled, tokeniz
     assert tokenizer.decode(tokenized.prompts["test"][0]).endswith("<|im_start|>assistant\n")
 
 
-def test_plain_text_is_packed_with_a_held_out_tail(text_file, tokenizer):
+def test_plain_text_packed_with_test_tail(text_file, tokenizer):
     data = load_lm_data(RunConfig(data=str(text_file), task="causal-lm"))
     tokenized = tokenize_lm(data, tokenizer, max_length=32, validation_fraction=0.1)
     total = len(tokenizer(text_file.read_text(), add_special_tokens=False)["input_ids"]) + 1  # + the end-of-sequence separator
@@ -262,7 +262,7 @@ def test_generate_applies_the_chat_template(labelled_run, capsys):
     assert json.loads(capsys.readouterr().out) == answers[0]
 
 
-def test_merge_gives_a_plain_model_with_the_adapter_outputs(labelled_run, tmp_path):
+def test_merge_matches_adapter_outputs(labelled_run, tmp_path):
     out, _ = labelled_run
     merged = merge(str(out / "lora"), str(tmp_path / "merged"))
     adapter = load_artifact(out / "lora")
@@ -292,7 +292,8 @@ def test_bad_merge_and_generate_requests(labelled_run, tmp_path, capsys, argv, m
     code = main([a.format(out=out, tmp=tmp_path) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("error: ") and message in err[-1]
+    assert err[-1].startswith("error: ")
+    assert message in err[-1]
     assert not (tmp_path / "m").exists()
 
 

@@ -118,9 +118,10 @@ def _prompt_response(raw: DatasetDict, pair: tuple[str, str, str | None], config
                 raise PeftlabError(f"the {name} split of {source!r} has no column {column!r}; its columns are {one_of(split.column_names)}")
         prompts = [_join_prompt(p, i) for p, i in zip(split[prompt_column], split[input_column] if input_column else [None] * len(split))]
         responses = split[response_column]
-        keep = [i for i, (p, r) in enumerate(zip(prompts, responses)) if p and str(p).strip() and r is not None and str(r).strip()]
+        blank = [not (p and str(p).strip() and r is not None and str(r).strip()) for p, r in zip(prompts, responses)]
+        keep = [i for i, is_blank in enumerate(blank) if not is_blank]
         if len(keep) < len(split):
-            dropped = [i + 1 for i in range(len(split)) if i not in set(keep)]
+            dropped = [i + 1 for i, is_blank in enumerate(blank) if is_blank]
             rows = ", ".join(map(str, dropped[:5])) + (" ..." if len(dropped) > 5 else "")
             message = f"{name} split: dropped {len(dropped)} of {len(split)} rows with a blank prompt or response (rows {rows})"
             log.warning(message)

@@ -110,12 +110,12 @@ def results_csv(results: dict) -> str:
 
 
 def primary(results: dict) -> dict:
-    """The metric methods are compared by: name, label and whether higher is better."""
+    """Return the metric methods are compared by: its name, its label and whether higher is better."""
     return results.get("metric") or ACCURACY
 
 
 def secondary(results: dict) -> str:
-    """The second metric of the tables: macro-F1 for a classifier, perplexity or loss for a language model."""
+    """Return the second metric of the tables: macro-F1 for a classifier, perplexity or loss for a language model."""
     name = primary(results)["name"]
     return {"accuracy": "f1_macro", "exact_match": "perplexity"}.get(name, "loss")
 
@@ -130,7 +130,7 @@ def format_metric(name: str, value) -> str:
 
 
 def ranking_score(results: dict, run: dict) -> float:
-    """The primary metric after training, negated when lower is better, so a higher score is always better."""
+    """Return the primary metric after training, negated when lower is better, so that a higher score is always better."""
     metric = primary(results)
     value = run["metrics"]["after"][metric["name"]]
     return value if metric["higher_is_better"] else -value

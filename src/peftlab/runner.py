@@ -114,8 +114,8 @@ def prepare(config: RunConfig) -> Prepared:
     log.info("model %s: %s for %s (%s)", source.name, model_config.model_type, config.task, source.path)
 
     if config.task == "causal-lm":
-        prepared = _prepare_lm_data(config, tokenizer)
-        data, tokenized, truncated, answer_match, max_new_tokens = prepared
+        data, tokenized, answer_match, max_new_tokens = _prepare_lm_data(config, tokenizer)
+        truncated = tokenized.truncated
     else:
         data = load_text_classification(
             config.data, config.text_column, config.label_column, config.label_names, config.validation_fraction, config.seed
@@ -152,7 +152,7 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, source, model_config.model_type, tokenizer, data, tokenized, truncated, methods, head_modules, skipped, answer_match, max_new_tokens)
 
 
-def _prepare_lm_data(config: RunConfig, tokenizer, eval_only: bool = False) -> tuple[LMData, TokenizedLM, dict[str, int], str, int]:
+def _prepare_lm_data(config: RunConfig, tokenizer, eval_only: bool = False) -> tuple[LMData, TokenizedLM, str, int]:
     """Load and tokenize language-model data once; decide how answers are scored and how many tokens to generate.
 
     ``eval_only`` keeps only the evaluation split (plain text keeps all of it, because its held-out tail is cut from train).
@@ -190,7 +190,7 @@ def _prepare_lm_data(config: RunConfig, tokenizer, eval_only: bool = False) -> t
     if match != "none" and data.kind == "text":
         raise PeftlabError(f"--answer-match {match} needs prompts and reference answers, but {data.source!r} is plain text; use --answer-match none")
     max_new_tokens = config.max_new_tokens or tokenized.response_tokens + 4
-    return data, tokenized, tokenized.truncated, match, max_new_tokens
+    return data, tokenized, match, max_new_tokens
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def new_results(prepared: Prepared, command: str) -> dict:
 
 
 def primary_metric(task: str, answer_match: str = "none") -> dict:
-    """The metric that tables, charts and the Pareto front compare methods by."""
+    """Return the metric that tables, charts and the Pareto front compare methods by."""
     if task == "causal-lm":
         if answer_match != "none":
             return {"name": "exact_match", "label": "exact match", "higher_is_better": True}
@@ -547,7 +547,7 @@ def _evaluate_lm_artifact(artifact, data: str | None, quiet: bool, max_eval_samp
         batch_size=max(1, meta["eval_batch_size"] // 2),
         eval_batch_size=meta["eval_batch_size"],
     )
-    loaded_data, tokenized, _, match, max_new_tokens = _prepare_lm_data(config, artifact.tokenizer, eval_only=True)
+    loaded_data, tokenized, match, max_new_tokens = _prepare_lm_data(config, artifact.tokenizer, eval_only=True)
     scratch = Path(artifact.folder) / ".eval-scratch"
     trainer = make_trainer(artifact.model, artifact.tokenizer, training_arguments(config, 1e-5, scratch, quiet), task="causal-lm")
     metrics, _ = evaluate_lm(trainer, tokenized, loaded_data.eval_split, match, max_new_tokens, quiet)
@@ -597,8 +597,7 @@ def generate(folder: str, prompts: list[str], max_new_tokens: int | None = None,
     artifact = artifact or load_artifact(folder)
     if artifact.meta.get("task") != "causal-lm":
         raise PeftlabError(f"{folder!r} is a classifier ({artifact.meta.get('task', 'seq-cls')}), which does not generate text; use `peftlab predict {folder} TEXT`")
-    tokenizer = artifact.tokenizer
-    prepare_tokenizer_for_lm(tokenizer)
+    tokenizer = artifact.tokenizer  # load_artifact has given a language model's tokenizer its pad token
     continues_text = artifact.meta.get("data_kind") == "text"
     ids = [tokenizer(p if continues_text else render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     limit = max_new_tokens or max(artifact.meta.get("max_new_tokens") or 0, 64)
@@ -616,7 +615,7 @@ def merge(folder: str, out: str) -> Path:
     if not meta.get("adapter"):
         raise PeftlabError(f"{folder!r} contains a full model ({meta['method']}), not an adapter, so there is nothing to merge: load it with from_pretrained as it is")
     model = artifact.model
-    if not hasattr(model, "merge_and_unload") or getattr(model, "peft_config", {}).get("default") is None or model.peft_config["default"].is_prompt_learning:
+    if model.active_peft_config.is_prompt_learning:
         raise PeftlabError(f"method {meta['method']!r} adds a trained prompt, which cannot be merged into the weights; merge works for the methods that adapt weights (lora, dora, ia3, ...)")
     try:
         merged = model.merge_and_unload()

@@ -109,7 +109,7 @@ class _ProgressBar(ProgressCallback):
 
 
 def make_trainer(model, tokenizer, args: TrainingArguments, train_dataset: Dataset | None = None, task: str = "seq-cls") -> Trainer:
-    """A Trainer for ``task``: classifiers get accuracy and macro-F1; language models pad their labels with -100 and report the loss."""
+    """Build a Trainer for ``task``. A classifier reports accuracy and macro-F1, and a language model pads its labels with -100 and reports the loss."""
     causal = task == "causal-lm"
     trainer = Trainer(
         model=model,
